@@ -131,6 +131,9 @@ def connect(dsn: str | None = None, *, schema: bool = True):
         try:
             ensure_vector(conn)
             ensure_schema(conn)
+            from gpt2sql.loader.tokenizer import ensure_tokenizer
+
+            ensure_tokenizer(conn)  # GPT-2's bundled tokenizer files, loaded on first use
         except BaseException:
             conn.close()
             raise
