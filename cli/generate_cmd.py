@@ -1,2 +1,73 @@
-"""(being written)"""
-COMMANDS = []
+"""`gpt2sql generate PROMPT`: stream a continuation, one SQL round trip per token."""
+
+from __future__ import annotations
+
+import click
+
+from gpt2sql.errors import Gpt2SqlError
+from gpt2sql.main import connection
+
+
+def _ensure_model(ctx: click.Context, model: str | None) -> None:
+    """With no model loaded at all, load gpt2 from the hub (or say how to load one)."""
+    if model or connection(ctx).execute("SELECT EXISTS (SELECT 1 FROM gpt2.models)").fetchone()[0]:
+        return
+    from gpt2sql.model_cmd import load_into
+
+    click.echo("no model is loaded yet: loading gpt2 from the Hugging Face Hub", err=True)
+    try:
+        load_into(ctx, "gpt2", None, "float32")
+    except Gpt2SqlError as e:
+        raise Gpt2SqlError(f"no model is loaded and gpt2 could not be fetched ({e}); "
+                           "load one with: gpt2sql load ./checkpoint-dir") from None
+
+
+@click.command("generate")
+@click.argument("prompt")
+@click.option("--model", "-m", help="Model to use. Default: the latest loaded (see gpt2sql models).")
+@click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Stop after this many new tokens.")
+@click.option("--temperature", "-t", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Softmax temperature; 0 is greedy decoding.")
+@click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Sample among the k most likely tokens.")
+@click.option("--no-top-k", is_flag=True, help="Sample among all tokens (no top-k cut).")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling: the smallest set of tokens with this much probability.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Make the sampled tokens reproducible.")
+@click.option("--stop", multiple=True, help="Stop once the generated text contains this string (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per token: step, id, text.")
+@click.pass_context
+def generate_cmd(ctx, prompt, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json):
+    """Continue PROMPT ('-' reads it from standard input), printing tokens as they are computed."""
+    import codecs
+    import json
+
+    if prompt == "-":
+        prompt = click.get_text_stream("stdin").read()
+    if "\x00" in prompt:
+        raise Gpt2SqlError("the prompt contains a NUL character, which PostgreSQL text cannot hold")
+    _ensure_model(ctx, model)
+    conn = connection(ctx)
+    conn.execute("SELECT gpt2.generate_start(%s, %s, %s, %s, %s, %s, %s, %s)",
+                 (prompt, model, max_tokens, temperature, None if no_top_k else top_k, top_p, seed, list(stop) or None))
+    if not as_json:
+        click.echo(prompt, nl=False)
+    eos = conn.execute("SELECT gpt2.eos_id()").fetchone()[0]
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens can split a character
+    while True:
+        row = conn.execute("SELECT step, id, text, bytes, done FROM gpt2.generate_next()").fetchone()
+        if row is None:
+            break
+        step, token, text, data, done = row
+        if as_json:
+            click.echo(json.dumps({"step": step, "id": token, "text": text}, ensure_ascii=False))
+        elif token != eos:
+            click.echo(decoder.decode(bytes(data or b"")), nl=False)
+        if done:
+            break
+    if not as_json:
+        click.echo(decoder.decode(b"", final=True))
+
+
+COMMANDS = [generate_cmd]

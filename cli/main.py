@@ -25,8 +25,10 @@ class Gpt2SqlGroup(click.Group):
             import psycopg
 
             if isinstance(e, psycopg.Error):
-                message = getattr(getattr(e, "diag", None), "message_primary", None) or str(e).strip().splitlines()[0]
-                click.echo(f"error: {message}", err=True)
+                diag = getattr(e, "diag", None)
+                message = getattr(diag, "message_primary", None) or str(e).strip().splitlines()[0]
+                hint = getattr(diag, "message_hint", None)
+                click.echo(f"error: {message}" + (f" (hint: {hint})" if hint else ""), err=True)
                 sys.exit(1)
             raise
 

@@ -1,2 +1,69 @@
-"""(being written)"""
-COMMANDS = []
+"""`gpt2sql load | models | drop`: checkpoints in and out of the database."""
+
+from __future__ import annotations
+
+import click
+
+from gpt2sql.main import connection
+
+
+def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> str:
+    """Resolve SOURCE (hub name or directory), load it with a progress bar; returns the model name."""
+    from pathlib import Path
+
+    from gpt2sql.loader.checkpoint import Checkpoint
+    from gpt2sql.loader.hub import looks_like_local, resolve_checkpoint
+    from gpt2sql.loader.model import load_model
+
+    directory = resolve_checkpoint(source)
+    name = name or (Path(source).resolve().name if looks_like_local(source) else source.rstrip("/").split("/")[-1])
+    total = Checkpoint(directory).nbytes
+    conn = connection(ctx)
+    with click.progressbar(length=total, label=f"loading {name} ({dtype})", file=click.get_text_stream("stderr"),
+                           show_eta=True, show_percent=True) as bar:
+        load_model(conn, directory, name, dtype, source=source, progress=bar.update)
+    return name
+
+
+@click.command("load")
+@click.argument("source")
+@click.option("--name", help="Name to load it under. Default: the repository or directory name.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weight storage: pgvector vector (float32) or halfvec (float16, half the size, ~1.5x faster).")
+@click.pass_context
+def load_cmd(ctx: click.Context, source: str, name: str | None, dtype: str) -> None:
+    """Load a GPT-2 checkpoint: a Hugging Face name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
+    distilgpt2, owner/repo) or a local directory with config.json and model.safetensors.
+    Loading again under the same name replaces the model in one transaction."""
+    name = load_into(ctx, source, name, dtype)
+    click.echo(f"loaded {name}", err=True)
+
+
+@click.command("models")
+@click.pass_context
+def models_cmd(ctx: click.Context) -> None:
+    """List the loaded models with their sizes (* marks the default: the latest loaded)."""
+    from gpt2sql.loader.model import list_models
+
+    models = list_models(connection(ctx))
+    if not models:
+        click.echo("no model loaded: gpt2sql load gpt2 (or a local checkpoint directory)")
+        return
+    click.echo(f"  {'name':<20} {'layers':>6} {'width':>6} {'heads':>5} {'context':>7} {'dtype':>8} {'size':>9}  source")
+    for m in models:
+        click.echo(f"{'*' if m['is_default'] else ' '} {m['name']:<20} {m['n_layer']:>6} {m['n_embd']:>6} {m['n_head']:>5} "
+                   f"{m['n_positions']:>7} {m['dtype']:>8} {m['bytes'] / 2**20:>7.0f}MB  {m['source']}")
+
+
+@click.command("drop")
+@click.argument("name")
+@click.pass_context
+def drop_cmd(ctx: click.Context, name: str) -> None:
+    """Remove a loaded model and its tables."""
+    from gpt2sql.loader.model import drop_model
+
+    drop_model(connection(ctx), name)
+    click.echo(f"dropped {name}")
+
+
+COMMANDS = [load_cmd, models_cmd, drop_cmd]

@@ -1,0 +1,137 @@
+"""A GPT-2 checkpoint as a table of tensors: what to read, what shape it must have, where it goes.
+
+A checkpoint is a directory in the Hugging Face layout: config.json + model.safetensors
+(+ vocab.json and merges.txt). Tensor names come with or without the `transformer.`
+prefix; causal-mask buffers (`h.N.attn.bias`, `h.N.attn.masked_bias`) and a tied
+`lm_head.weight` are ignored. Linear layers are Conv1D: weight [in, out], y = x @ W + b.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt2sql.errors import Gpt2SqlError
+
+
+@dataclass(frozen=True)
+class HParams:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_inner: int
+    n_positions: int
+    n_vocab: int
+    layer_norm_epsilon: float
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of the checkpoint and its place in SQL."""
+
+    name: str         # checkpoint name without the `transformer.` prefix, e.g. h.3.attn.c_attn.weight
+    table: str        # wte | wpe | ln | conv1d (see sql/20_model_tables.sql)
+    tensor: str       # the `tensor` column: attn.c_attn, ln_1, ... ('' for wte/wpe)
+    layer: int
+    shape: tuple[int, ...]
+    bias: str | None  # the matching bias (conv1d) or layer-norm shift (ln)
+
+
+# (checkpoint name pattern, SQL table, tensor column, shape as a function of the hparams)
+# {i} is the layer; every weight below has a ".weight", and ln/conv1d also a ".bias".
+MODEL_TENSORS = [
+    ("wte", "wte", "", lambda h: (h.n_vocab, h.n_embd)),
+    ("wpe", "wpe", "", lambda h: (h.n_positions, h.n_embd)),
+    ("ln_f", "ln", "ln_f", lambda h: (h.n_embd,)),
+]
+BLOCK_TENSORS = [
+    ("h.{i}.ln_1", "ln", "ln_1", lambda h: (h.n_embd,)),
+    ("h.{i}.attn.c_attn", "conv1d", "attn.c_attn", lambda h: (h.n_embd, 3 * h.n_embd)),
+    ("h.{i}.attn.c_proj", "conv1d", "attn.c_proj", lambda h: (h.n_embd, h.n_embd)),
+    ("h.{i}.ln_2", "ln", "ln_2", lambda h: (h.n_embd,)),
+    ("h.{i}.mlp.c_fc", "conv1d", "mlp.c_fc", lambda h: (h.n_embd, h.n_inner)),
+    ("h.{i}.mlp.c_proj", "conv1d", "mlp.c_proj", lambda h: (h.n_inner, h.n_embd)),
+]
+
+
+def tensors(h: HParams) -> list[Tensor]:
+    """Every tensor a GPT-2 with these hyperparameters must have, in loading order."""
+    out = []
+    for layer, patterns in [(0, MODEL_TENSORS)] + [(i, BLOCK_TENSORS) for i in range(h.n_layer)]:
+        for pattern, table, tensor, shape in patterns:
+            name = pattern.format(i=layer)
+            bias = None if table in ("wte", "wpe") else name + ".bias"
+            out.append(Tensor(name + ".weight", table, tensor, layer, shape(h), bias))
+    return out
+
+
+def read_config(directory: Path) -> HParams:
+    """The hyperparameters from config.json; a one-line error when it is not GPT-2."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise Gpt2SqlError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Gpt2SqlError(f"{path} is not valid JSON: {e}") from None
+    if cfg.get("model_type") != "gpt2":
+        raise Gpt2SqlError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'gpt2': only GPT-2 checkpoints can be loaded")
+    activation = cfg.get("activation_function", "gelu_new")
+    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise Gpt2SqlError(f"{path}: activation_function {activation!r} is not GPT-2's tanh GELU (gelu_new)")
+    try:
+        n_embd = int(cfg["n_embd"])
+        h = HParams(
+            n_layer=int(cfg["n_layer"]), n_head=int(cfg["n_head"]), n_embd=n_embd,
+            n_inner=int(cfg.get("n_inner") or 4 * n_embd), n_positions=int(cfg["n_positions"]),
+            n_vocab=int(cfg["vocab_size"]), layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise Gpt2SqlError(f"{path}: missing or invalid GPT-2 hyperparameter {e}") from None
+    if min(h.n_layer, h.n_head, h.n_embd, h.n_inner, h.n_positions, h.n_vocab) <= 0 or h.n_embd % h.n_head:
+        raise Gpt2SqlError(f"{path}: inconsistent hyperparameters {h}")
+    return h
+
+
+class Checkpoint:
+    """An open model.safetensors whose tensors were all checked against the declared table."""
+
+    def __init__(self, directory: Path):
+        from safetensors import safe_open
+
+        self.directory = Path(directory)
+        self.hparams = read_config(self.directory)
+        path = self.directory / "model.safetensors"
+        if not path.is_file():
+            raise Gpt2SqlError(f"{self.directory} has no model.safetensors (only safetensors checkpoints are supported)")
+        try:
+            self._file = safe_open(str(path), framework="numpy")
+        except Exception as e:  # safetensors raises its own error types
+            raise Gpt2SqlError(f"{path} is not a readable safetensors file: {e}") from None
+        names = set(self._file.keys())
+        self._prefix = "transformer." if "transformer.wte.weight" in names else ""
+        self.tensors = tensors(self.hparams)
+        self._check(names)
+
+    def _check(self, names: set[str]) -> None:
+        for t in self.tensors:
+            for name, shape in [(t.name, t.shape)] + ([(t.bias, t.shape[-1:])] if t.bias else []):
+                full = self._prefix + name
+                if full not in names:
+                    raise Gpt2SqlError(f"model.safetensors has no tensor {full!r}")
+                actual = tuple(self._file.get_slice(full).get_shape())
+                if actual != shape:
+                    raise Gpt2SqlError(f"tensor {full!r} has shape {list(actual)}, config.json implies {list(shape)}")
+
+    def get(self, name: str):
+        """A tensor as a float32 NumPy array."""
+        import numpy as np
+
+        return np.asarray(self._file.get_tensor(self._prefix + name), dtype=np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """float32 bytes of everything that gets loaded (for progress bars)."""
+        return sum(4 * math.prod(t.shape) for t in self.tensors)

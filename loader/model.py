@@ -1,0 +1,120 @@
+"""Load a checkpoint into PostgreSQL, list and drop loaded models.
+
+One transaction per load: the weights go into a fresh schema with binary COPY, then the
+old model of the same name (if any) is dropped and the new schema takes its place, so a
+failed or interrupted load leaves the previous state exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+from psycopg import sql
+
+from gpt2sql.errors import Gpt2SqlError
+from gpt2sql.loader import pgcopy
+from gpt2sql.loader.checkpoint import Checkpoint, Tensor
+
+DTYPES = {"float32": "vector", "float16": "halfvec"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def schema_for(name: str) -> str:
+    """The schema that holds a model's tables: model_<name>, lower case, [a-z0-9_]."""
+    return "model_" + re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def load_model(conn, directory: Path, name: str, dtype: str = "float32", source: str | None = None,
+               progress: Callable[[int], None] | None = None) -> None:
+    """Load the checkpoint in `directory` as model `name` (replacing one of that name)."""
+    if not NAME.match(name):
+        raise Gpt2SqlError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+    if dtype not in DTYPES:
+        raise Gpt2SqlError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    ckpt = Checkpoint(directory)  # reads config.json and checks every tensor's shape first
+    h = ckpt.hparams
+    schema = schema_for(name)
+    staging = schema + "__loading"
+    clash = conn.execute("SELECT name FROM gpt2.models WHERE schema_name = %s AND name <> %s", (schema, name)).fetchone()
+    if clash:
+        raise Gpt2SqlError(f"model name {name!r} collides with the loaded model {clash[0]!r}: choose another --name")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('gpt2sql load'), hashtext(%s))", (name,))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
+        conn.execute("SELECT gpt2.create_model_tables(%s, %s)", (staging, dtype))
+        for t in ckpt.tensors:
+            _copy_tensor(conn, staging, t, ckpt, h.n_embd, DTYPES[dtype])
+            if progress:
+                progress(4 * math.prod(t.shape))
+        conn.execute("SELECT gpt2.finish_model_tables(%s)", (staging,))
+        conn.execute("DELETE FROM gpt2.models WHERE name = %s", (name,))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema)))
+        conn.execute(
+            """INSERT INTO gpt2.models (name, schema_name, n_layer, n_head, n_embd, n_inner, n_positions,
+                                        n_vocab, layer_norm_epsilon, dtype, source)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (name, schema, h.n_layer, h.n_head, h.n_embd, h.n_inner, h.n_positions, h.n_vocab,
+             h.layer_norm_epsilon, dtype, source or str(directory)),
+        )
+        _load_tokenizer_files(conn, Path(directory))
+
+
+def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, n_embd: int, vtype: str) -> None:
+    """COPY one tensor (and its bias) into its table, in the layout of sql/20_model_tables.sql."""
+    import numpy as np
+
+    w = ckpt.get(t.name)
+    if t.table in ("wte", "wpe"):  # [n, n_embd]: one row per token / position
+        key = "token" if t.table == "wte" else "pos"
+        batches = [(f"{key}, w", [("int4", np.arange(len(w))), (vtype, w)])]
+    elif t.table == "ln":  # gain and shift of one layer norm
+        batches = [("tensor, layer, g, b", [("text", t.tensor), ("int4", np.array([t.layer])),
+                                            ("vector", w[None, :]), ("vector", ckpt.get(t.bias)[None, :])])]
+    else:  # Conv1D [in, out]: one row per output column and n_embd-wide chunk of the input
+        b = ckpt.get(t.bias)
+        n_in, n_out = w.shape
+        batches = []
+        for chunk, start in enumerate(range(0, n_in, n_embd)):
+            batches.append(("tensor, layer, col, chunk, w, b", [
+                ("text", t.tensor), ("int4", np.full(n_out, t.layer)), ("int4", np.arange(n_out)),
+                ("int4", np.full(n_out, chunk)), (vtype, w[start:start + n_embd].T),
+                ("float4", b if chunk == 0 else np.zeros(n_out, dtype=np.float32)),
+            ]))
+    for columns, fields in batches:
+        statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(schema), sql.Identifier(t.table), sql.SQL(columns))
+        with conn.cursor().copy(statement) as copy:
+            copy.write(pgcopy.HEADER + pgcopy.rows(fields) + pgcopy.TRAILER)
+
+
+def _load_tokenizer_files(conn, directory: Path) -> None:
+    """A checkpoint's own tokenizer files replace the tokenizer tables (same files: no-op)."""
+    from gpt2sql.loader import tokenizer
+
+    files = tokenizer.tokenizer_files(directory)
+    if files:
+        tokenizer.load_tokenizer(conn, *files)
+
+
+def list_models(conn) -> list[dict]:
+    """Loaded models with their hyperparameters and size on disk."""
+    cur = conn.execute(
+        """SELECT m.*, (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
+                        WHERE c.relnamespace = to_regnamespace(m.schema_name) AND c.relkind = 'r')::bigint AS bytes,
+                  m.name = gpt2.default_model() AS is_default
+           FROM gpt2.models m ORDER BY m.name""")
+    columns = [d.name for d in cur.description]
+    return [dict(zip(columns, row)) for row in cur]
+
+
+def drop_model(conn, name: str) -> None:
+    """Remove a model and its tables."""
+    with conn.transaction():
+        row = conn.execute("DELETE FROM gpt2.models WHERE name = %s RETURNING schema_name", (name,)).fetchone()
+        if row is None:
+            raise Gpt2SqlError(f"no model named {name!r} is loaded")
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(row[0])))

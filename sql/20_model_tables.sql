@@ -1,0 +1,96 @@
+-- Stage 2: where a model's weights live.
+--
+-- NumPy twin: tests/reference.py load() (the same tensors, as arrays).
+-- Each loaded model gets a schema of its own (gpt2.models.schema_name) holding:
+--
+--   wvec                         domain: the weights' pgvector type, vector (float32) or halfvec (float16)
+--   wte(token, w wvec)           [n_vocab, n_embd]      token embeddings; also the LM head (tied)
+--   wpe(pos, w wvec)             [n_positions, n_embd]  position embeddings
+--   ln(tensor, layer, g, b)      [n_embd] each          'ln_1', 'ln_2' per layer; 'ln_f' at layer 0
+--   conv1d(tensor, layer, col, chunk, w wvec, b)
+--                                one row per OUTPUT column of each Conv1D weight [in, out]:
+--                                w = W[chunk*n_embd : (chunk+1)*n_embd, col], b = bias[col] on chunk 0
+--                                (0 on the others), tensor in 'attn.c_attn', 'attn.c_proj',
+--                                'mlp.c_fc', 'mlp.c_proj' (the checkpoint's names).
+--
+-- The stage functions name these tables without a schema: gpt2.use_model() puts the
+-- model's schema first on the search path, and PostgreSQL re-plans cached statements
+-- when the search path changes, so one set of functions serves every model and dtype.
+--
+-- subtle: a row per output column makes a matrix-vector product one pgvector inner
+--   product per row (`w <#> x` is the NEGATIVE inner product). Inputs wider than n_embd
+--   (mlp.c_proj reads n_inner = 4*n_embd) are cut into n_embd-wide chunks so that every
+--   row stays small enough for STORAGE PLAIN: vectors stored out of line (TOAST) are
+--   2-4x slower to read (DESIGN.md).
+
+CREATE OR REPLACE FUNCTION gpt2.create_model_tables(schema_name text, dtype text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    vtype text := CASE dtype WHEN 'float32' THEN 'vector' WHEN 'float16' THEN 'halfvec' END;
+BEGIN
+    IF vtype IS NULL THEN
+        RAISE EXCEPTION 'dtype must be float32 or float16, not %', dtype;
+    END IF;
+    EXECUTE format('CREATE SCHEMA %I', schema_name);
+    EXECUTE format('CREATE DOMAIN %I.wvec AS %s', schema_name, (SELECT format('%I.%I', n.nspname, t.typname)
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = to_regtype(vtype)));
+    EXECUTE format('CREATE TABLE %1$I.wte (token int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
+    EXECUTE format('CREATE TABLE %1$I.wpe (pos int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
+    EXECUTE format('CREATE TABLE %I.ln (tensor text NOT NULL, layer int NOT NULL, g vector NOT NULL, b vector NOT NULL)', schema_name);
+    EXECUTE format('CREATE TABLE %1$I.conv1d (tensor text NOT NULL, layer int NOT NULL, col int NOT NULL,
+                    chunk int NOT NULL, w %1$I.wvec NOT NULL, b real NOT NULL)', schema_name);
+    EXECUTE format('ALTER TABLE %I.wte ALTER COLUMN w SET STORAGE PLAIN', schema_name);
+    EXECUTE format('ALTER TABLE %I.wpe ALTER COLUMN w SET STORAGE PLAIN', schema_name);
+    EXECUTE format('ALTER TABLE %I.ln ALTER COLUMN g SET STORAGE PLAIN, ALTER COLUMN b SET STORAGE PLAIN', schema_name);
+    EXECUTE format('ALTER TABLE %I.conv1d ALTER COLUMN w SET STORAGE PLAIN', schema_name);
+END
+$$;
+
+-- After the bulk COPY: keys (built once, faster than maintaining them row by row) and statistics.
+CREATE OR REPLACE FUNCTION gpt2.finish_model_tables(schema_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %I.wte ADD PRIMARY KEY (token)', schema_name);
+    EXECUTE format('ALTER TABLE %I.wpe ADD PRIMARY KEY (pos)', schema_name);
+    EXECUTE format('ALTER TABLE %I.ln ADD PRIMARY KEY (tensor, layer)', schema_name);
+    EXECUTE format('ALTER TABLE %I.conv1d ADD PRIMARY KEY (tensor, layer, col, chunk)', schema_name);
+    EXECUTE format('ANALYZE %I.wte, %I.wpe, %I.ln, %I.conv1d', schema_name, schema_name, schema_name, schema_name);
+END
+$$;
+
+-- Make `name` (default: gpt2.default_model()) the model the stage functions read, for the
+-- session, or with is_local until the end of the transaction (what generation uses).
+-- Returns the model's row; a one-line error when there is no such model.
+CREATE OR REPLACE FUNCTION gpt2.use_model(name text DEFAULT NULL, is_local boolean DEFAULT false) RETURNS gpt2.models
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models;
+    wanted text := coalesce(name, gpt2.default_model());
+BEGIN
+    IF wanted IS NULL THEN
+        RAISE EXCEPTION 'no model is loaded' USING HINT = 'load one: gpt2sql load gpt2 (or gpt2sql load ./checkpoint-dir)';
+    END IF;
+    SELECT * INTO m FROM gpt2.models WHERE models.name = wanted;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no model named "%" is loaded (loaded: %)', wanted,
+            coalesce((SELECT string_agg(models.name, ', ' ORDER BY models.name) FROM gpt2.models), 'none');
+    END IF;
+    PERFORM set_config('search_path', format('%I, gpt2, %I, public',
+        m.schema_name, (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector')), is_local);
+    RETURN m;
+END
+$$;
+
+-- The model chosen by gpt2.use_model(): its schema is first on the search path.
+CREATE OR REPLACE FUNCTION gpt2.current_model() RETURNS gpt2.models
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    m gpt2.models;
+BEGIN
+    SELECT * INTO m FROM gpt2.models WHERE schema_name = current_schema();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no model selected' USING HINT = 'SELECT gpt2.use_model(''gpt2'');  (or another name from gpt2.models)';
+    END IF;
+    RETURN m;
+END
+$$;

@@ -1,0 +1,71 @@
+-- Stage 9: choosing the next token.
+--
+-- NumPy twin: tests/reference.py softmax(x) (and the sampling rules of Hugging Face's
+-- generate(): temperature, then top-k, then top-p).
+-- Input: x, the final hidden state [n_embd] of the last position.
+--
+--   temperature = 0      greedy: argmax of the logits, the lowest id on a tie
+--   temperature > 0      p = softmax(logits / temperature)
+--   top_k  (NULL = all)  keep the k most likely tokens
+--   top_p  (1 = all)     keep the smallest set of most likely tokens whose mass >= top_p
+--   u in [0, 1)          the draw: the first token (most likely first) at which the
+--                        cumulative probability of the kept set passes u * its mass
+--
+-- subtle: greedy needs no softmax at all: ORDER BY w <#> x LIMIT 1 over the LM head.
+-- subtle: the draw u is a pure function of (seed, step) (gpt2.uniform), not PostgreSQL's
+--   random(), so a seed gives the same tokens on any connection, run or server.
+
+-- A uniform number in [0, 1) from (seed, step): 52 bits of md5.
+CREATE OR REPLACE FUNCTION gpt2.uniform(seed bigint, step int) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ('x' || substr(md5(seed::text || ':' || step::text), 1, 13))::bit(52)::bigint / 4503599627370496.0
+$$;
+
+-- The next-token distribution after temperature, top-k and top-p, most likely first.
+CREATE OR REPLACE FUNCTION gpt2.next_token_probs(x vector, temperature float8 DEFAULT 1,
+                                                 top_k int DEFAULT NULL, top_p float8 DEFAULT 1)
+RETURNS TABLE (rank int, token int, logit float8, prob float8)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT temperature > 0 THEN
+        RAISE EXCEPTION 'temperature must be > 0 for a distribution (0 means greedy), got %', temperature;
+    END IF;
+    RETURN QUERY
+    WITH logits AS MATERIALIZED (                       -- [n_vocab]
+        SELECT l.token, l.logit FROM gpt2.logits(x) l
+    ), ranked AS (                                      -- [top_k] most likely first
+        SELECT l.token, l.logit, row_number() OVER (ORDER BY l.logit DESC, l.token)::int AS rank
+        FROM logits l ORDER BY l.logit DESC, l.token LIMIT top_k
+    ), scaled AS (                                      -- exp((logit - max) / T)
+        SELECT r.*, exp(greatest((r.logit - max(r.logit) OVER ()) / temperature, -700)) AS e FROM ranked r
+    ), softmax AS (
+        SELECT s.*, s.e / sum(s.e) OVER () AS p FROM scaled s
+    ), nucleus AS (                                     -- mass of the tokens ranked before each one
+        SELECT s.*, sum(s.p) OVER (ORDER BY s.rank) - s.p AS before FROM softmax s
+    )
+    SELECT n.rank, n.token, n.logit, n.p / sum(n.p) OVER ()   -- renormalized over the kept set
+    FROM nucleus n WHERE n.before < top_p ORDER BY n.rank;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.sample(x vector, temperature float8, top_k int, top_p float8, u float8)
+RETURNS int
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    chosen int;
+BEGIN
+    IF temperature = 0 THEN
+        SELECT e.token INTO chosen FROM wte e ORDER BY e.w <#> (SELECT x::wvec), e.token LIMIT 1;
+        RETURN chosen;
+    END IF;
+    SELECT c.token INTO chosen FROM (
+        SELECT p.rank, p.token, sum(p.prob) OVER (ORDER BY p.rank) AS cdf
+        FROM gpt2.next_token_probs(x, temperature, top_k, top_p) p) c
+    WHERE c.cdf > u ORDER BY c.rank LIMIT 1;
+    IF chosen IS NULL THEN   -- u just under 1 and rounding: the least likely kept token
+        SELECT p.token INTO chosen FROM gpt2.next_token_probs(x, temperature, top_k, top_p) p
+        ORDER BY p.rank DESC LIMIT 1;
+    END IF;
+    RETURN chosen;
+END
+$$;
