@@ -41,10 +41,11 @@ def _ensure_model(ctx: click.Context, model: str | None) -> None:
 def generate_cmd(ctx, prompt, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json):
     """Continue PROMPT ('-' reads it from standard input), printing tokens as they are computed."""
     import codecs
+    import sys
     import json
 
     if prompt == "-":
-        prompt = click.get_text_stream("stdin").read()
+        prompt = sys.stdin.read()
     if "\x00" in prompt:
         raise Gpt2SqlError("the prompt contains a NUL character, which PostgreSQL text cannot hold")
     _ensure_model(ctx, model)

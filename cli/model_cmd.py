@@ -9,6 +9,7 @@ from gpt2sql.main import connection
 
 def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> str:
     """Resolve SOURCE (hub name or directory), load it with a progress bar; returns the model name."""
+    import sys
     from pathlib import Path
 
     from gpt2sql.loader.checkpoint import Checkpoint
@@ -19,7 +20,7 @@ def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> 
     name = name or (Path(source).resolve().name if looks_like_local(source) else source.rstrip("/").split("/")[-1])
     total = Checkpoint(directory).nbytes
     conn = connection(ctx)
-    with click.progressbar(length=total, label=f"loading {name} ({dtype})", file=click.get_text_stream("stderr"),
+    with click.progressbar(length=total, label=f"loading {name} ({dtype})", file=sys.stderr,
                            show_eta=True, show_percent=True) as bar:
         load_model(conn, directory, name, dtype, source=source, progress=bar.update)
     return name

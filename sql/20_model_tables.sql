@@ -53,7 +53,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %I.wte ADD PRIMARY KEY (token)', schema_name);
     EXECUTE format('ALTER TABLE %I.wpe ADD PRIMARY KEY (pos)', schema_name);
     EXECUTE format('ALTER TABLE %I.ln ADD PRIMARY KEY (tensor, layer)', schema_name);
-    EXECUTE format('ALTER TABLE %I.conv1d ADD PRIMARY KEY (tensor, layer, col, chunk)', schema_name);
+    EXECUTE format('ALTER TABLE %I.conv1d ADD PRIMARY KEY (tensor, layer, chunk, col)', schema_name);
     EXECUTE format('ANALYZE %I.wte, %I.wpe, %I.ln, %I.conv1d', schema_name, schema_name, schema_name, schema_name);
 END
 $$;

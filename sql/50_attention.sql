@@ -15,8 +15,9 @@
 -- subtle: causal mask = the join condition c.pos <= q.pos (a position sees itself and
 --   the past), so the masked scores are never computed rather than set to -inf.
 -- subtle: softmax subtracts the row maximum before exp(), or large scores overflow; and
---   PostgreSQL's exp() RAISES an error on underflow (exp(-800)) instead of returning 0, so
---   the exponent is clamped at -700 (a weight of 1e-304 next to the maximum's 1).
+--   PostgreSQL RAISES an error on underflow (exp(-800), or a float8 too small for real)
+--   instead of returning 0, so the exponent is clamped at -80: a weight of 1.8e-35 next
+--   to the maximum's 1, far below float32's resolution, and still a normal real.
 
 CREATE OR REPLACE FUNCTION gpt2.kv_reset() RETURNS void
 LANGUAGE plpgsql AS $$
@@ -54,7 +55,7 @@ BEGIN
         SELECT q.t, q.h, c.v, -(c.k <#> q.q) / sqrt(d) AS s
         FROM q JOIN kv_cache c ON c.layer = mha.layer AND c.head = q.h AND c.pos <= q.pos
     ), shifted AS (                                     -- exp(s - max s) per (position, head)
-        SELECT t, h, v, exp(greatest(s - max(s) OVER w, -700)) AS e FROM scores WINDOW w AS (PARTITION BY t, h)
+        SELECT t, h, v, exp(greatest(s - max(s) OVER w, -80)) AS e FROM scores WINDOW w AS (PARTITION BY t, h)
     ), softmax AS (                                     -- [n_seq, n_head, n_past] attention weights
         SELECT t, h, v, e / sum(e) OVER (PARTITION BY t, h) AS p FROM shifted
     ), heads AS (                                       -- [n_seq, n_head, d_head] weighted sum of values

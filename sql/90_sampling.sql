@@ -33,18 +33,18 @@ BEGIN
     RETURN QUERY
     WITH logits AS MATERIALIZED (                       -- [n_vocab]
         SELECT l.token, l.logit FROM gpt2.logits(x) l
-    ), ranked AS (                                      -- [top_k] most likely first
-        SELECT l.token, l.logit, row_number() OVER (ORDER BY l.logit DESC, l.token)::int AS rank
+    ), top AS (                                         -- [top_k] exp((logit - max) / T), most likely first
+        SELECT l.token, l.logit,
+               exp(greatest((l.logit - (SELECT max(m.logit) FROM logits m)) / temperature, -700)) AS e
         FROM logits l ORDER BY l.logit DESC, l.token LIMIT top_k
-    ), scaled AS (                                      -- exp((logit - max) / T)
-        SELECT r.*, exp(greatest((r.logit - max(r.logit) OVER ()) / temperature, -700)) AS e FROM ranked r
-    ), softmax AS (
-        SELECT s.*, s.e / sum(s.e) OVER () AS p FROM scaled s
-    ), nucleus AS (                                     -- mass of the tokens ranked before each one
-        SELECT s.*, sum(s.p) OVER (ORDER BY s.rank) - s.p AS before FROM softmax s
+    ), cumulative AS (                                  -- one pass in rank order: running and total mass
+        SELECT t.token, t.logit, t.e, row_number() OVER w AS rank, sum(t.e) OVER w AS cum, sum(t.e) OVER () AS z
+        FROM top t WINDOW w AS (ORDER BY t.logit DESC, t.token ROWS UNBOUNDED PRECEDING)
+    ), nucleus AS (                                     -- mass ranked before a token < top_p: keep it
+        SELECT c.* FROM cumulative c WHERE c.cum - c.e < top_p * c.z
     )
-    SELECT n.rank, n.token, n.logit, n.p / sum(n.p) OVER ()   -- renormalized over the kept set
-    FROM nucleus n WHERE n.before < top_p ORDER BY n.rank;
+    SELECT n.rank::int, n.token, n.logit, n.e / (SELECT max(k.cum) FROM nucleus k)   -- renormalized over the kept set
+    FROM nucleus n ORDER BY n.rank;
 END
 $$;
 

@@ -1,0 +1,165 @@
+"""Generation: greedy equals the NumPy reference token for token (CLI and psql), sampling
+is reproducible and stays inside the top-k / top-p sets, the context window slides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import reference
+import synthetic
+
+N_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, runner):
+    """The tiny random model (context 64, so 40 tokens after a 30-token prompt slide the window)."""
+    directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("gen"), **synthetic.CONFIGS["tiny"], seed=7)
+    result = runner(["load", str(directory), "--name", "gen-tiny"])
+    assert result.exit_code == 0, result.output
+    return ("gen-tiny",) + reference.load(directory)
+
+
+@pytest.fixture(scope="module")
+def runner(dsn):
+    from click.testing import CliRunner
+
+    from gpt2sql.main import cli
+
+    return lambda args, **kw: CliRunner().invoke(cli, ["--dsn", dsn] + args, catch_exceptions=False, **kw)
+
+
+def greedy_with_window(params, hparams, ids, n):
+    """The generation rule of sql/95_generate.sql, from full forward passes: the model sees
+    the tokens since the window start; when feeding a token would exceed n_positions, the
+    window restarts at the last n_positions // 2 tokens; a long prompt keeps its last n_positions."""
+    n_ctx, seq = hparams["n_positions"], list(ids)
+    start, out = max(0, len(seq) - n_ctx), []
+    for _ in range(n):
+        token = int(np.argmax(reference.forward(params, hparams, seq[start:])[-1]))
+        out.append(token)
+        seq.append(token)
+        if len(seq) - start > n_ctx:
+            start = len(seq) - n_ctx // 2
+    return out
+
+
+def tokenize(conn, text):
+    return conn.execute("SELECT gpt2.tokenize(%s)", (text,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("prompt", ["Happy New Year! I wish", "def fibonacci(n):\n    if n < 2:\n        return n\n" * 2])
+def test_greedy_cli_equals_reference(conn, tiny, runner, prompt):
+    name, hparams, params = tiny
+    expected = greedy_with_window(params, hparams, tokenize(conn, prompt), N_TOKENS)
+    result = runner(["generate", prompt, "--model", name, "--max-tokens", str(N_TOKENS), "--temperature", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    tokens = [json.loads(line)["id"] for line in result.output.splitlines()]
+    # generation stops early only at <|endoftext|>
+    assert tokens == expected[: len(tokens)] and (len(tokens) == N_TOKENS or tokens[-1] == 50256), (
+        f"first difference at step {next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), None)}: "
+        f"sql {tokens}, numpy {expected}")
+
+
+def test_greedy_psql_function_equals_reference(conn, tiny):
+    name, hparams, params = tiny
+    prompt = "The quick brown fox jumps over the lazy dog. " * 3   # 30 tokens: the window slides
+    expected = greedy_with_window(params, hparams, tokenize(conn, prompt), N_TOKENS)
+    rows = conn.execute("SELECT step, id, text FROM gpt2.generate(%s, model => %s, max_tokens => %s, temperature => 0)",
+                        (prompt, name, N_TOKENS)).fetchall()
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r[1] for r in rows] == expected[: len(rows)]
+    text = conn.execute("SELECT gpt2.complete(%s, model => %s, max_tokens => %s, temperature => 0)",
+                        (prompt, name, N_TOKENS)).fetchone()[0]
+    assert text == conn.execute("SELECT gpt2.detokenize(%s)", ([r[1] for r in rows],)).fetchone()[0]
+
+
+def test_prompt_longer_than_context(conn, tiny):
+    name, hparams, params = tiny
+    ids = list(range(300, 300 + hparams["n_positions"] + 10))
+    prompt = conn.execute("SELECT gpt2.detokenize(%s)", (ids,)).fetchone()[0]
+    ids = tokenize(conn, prompt)
+    expected = greedy_with_window(params, hparams, ids, 5)
+    rows = conn.execute("SELECT id FROM gpt2.generate(%s, model => %s, max_tokens => 5, temperature => 0)",
+                        (prompt, name)).fetchall()
+    assert [r[0] for r in rows] == expected
+
+
+def test_seed_reproducible_across_connections(dsn, tiny):
+    from gpt2sql import db
+
+    name = tiny[0]
+    query = "SELECT id FROM gpt2.generate('Once upon a time', model => %s, max_tokens => 12, temperature => 1.2, seed => %s)"
+    runs = []
+    for seed in (42, 42, 43):
+        with db.connect(dsn) as c:
+            runs.append([r[0] for r in c.execute(query, (name, seed))])
+    assert runs[0] == runs[1], "the same seed gave different tokens on two connections"
+    assert runs[0] != runs[2], "different seeds gave the same 12 sampled tokens"
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (None, 0.3), (20, 0.5)])
+def test_sampled_tokens_lie_in_top_k_top_p_set(conn, tiny, top_k, top_p):
+    name, hparams, params = tiny
+    prompt_ids = tokenize(conn, "In the beginning")
+    temperature = 1.5
+    rows = conn.execute(
+        "SELECT id FROM gpt2.generate('In the beginning', model => %s, max_tokens => 15, temperature => %s, "
+        "top_k => %s, top_p => %s, seed => 5)", (name, temperature, top_k, top_p)).fetchall()
+    seq = list(prompt_ids)
+    for (token,) in rows:
+        logits = reference.forward(params, hparams, seq)[-1] / temperature
+        order = np.argsort(-logits, kind="stable")[: top_k or len(logits)]
+        probs = reference.softmax(logits[order])
+        keep = order[: int(np.searchsorted(np.cumsum(probs) - probs, top_p, side="left"))]
+        assert token in set(keep.tolist()), f"token {token} outside the allowed set of {len(keep)} at {len(seq)}"
+        seq.append(token)
+
+
+def test_stop_string_ends_generation(conn, tiny):
+    name = tiny[0]
+    rows = conn.execute("SELECT id, text FROM gpt2.generate('Hello', model => %s, max_tokens => 30, temperature => 0)",
+                        (name,)).fetchall()
+    stop = rows[2][1].strip() or rows[2][1]
+    stopped = conn.execute("SELECT id FROM gpt2.generate('Hello', model => %s, max_tokens => 30, temperature => 0, "
+                           "stop => %s)", (name, [stop])).fetchall()
+    first = next(i for i in range(len(rows)) if stop in "".join(r[1] for r in rows[: i + 1]))
+    assert [r[0] for r in stopped] == [r[0] for r in rows[: first + 1]]
+
+
+def test_cli_streams_text(tiny, runner):
+    result = runner(["generate", "Hello", "--model", tiny[0], "-n", "5", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Hello") and len(result.output) > len("Hello")
+
+
+def test_generate_reads_prompt_from_stdin(tiny, runner):
+    with_stdin = runner(["generate", "-", "--model", tiny[0], "-n", "3", "-t", "0", "--json"], input="Hello\n")
+    direct = runner(["generate", "Hello\n", "--model", tiny[0], "-n", "3", "-t", "0", "--json"])
+    assert with_stdin.exit_code == 0 and with_stdin.output == direct.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top-p"), (["--top-p", "1.5"], "top-p"),
+    (["--top-k", "0"], "top-k"), (["--max-tokens", "0"], "max-tokens"),
+])
+def test_invalid_sampling_options(tiny, runner, args, message):
+    result = runner(["generate", "Hi", "--model", tiny[0]] + args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_unknown_model_is_one_line_error(tiny, runner):
+    result = runner(["generate", "Hi", "--model", "no-such-model"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "no model named" in result.output
+
+
+def test_sql_validates_sampling_arguments(conn, tiny):
+    import psycopg
+
+    for args in ["temperature => -1", "top_p => 0", "top_k => 0", "max_tokens => 0"]:
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute(f"SELECT * FROM gpt2.generate('Hi', model => '{tiny[0]}', {args})")

@@ -1,0 +1,112 @@
+"""Every SQL stage against the NumPy reference, on random checkpoints in the Hugging Face
+layout loaded through `gpt2sql load` (the path users take).
+
+Tolerances are absolute, on values of order 1 (logits of order 5): float32 weights must
+agree to 1e-4 (float32 arithmetic in pgvector vs float64 in NumPy); float16 weights
+(halfvec; the activations are rounded to half too before each product) to 5e-2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference
+import synthetic
+
+TOLERANCE = {"float32": 1e-4, "float16": 5e-2}
+PROMPTS = [[15496, 995], [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13], [50256], list(range(1000, 1023))]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory, dsn):
+    """{(config, dtype): (model name, hparams, params)} loaded once for the session."""
+    from click.testing import CliRunner
+
+    from gpt2sql.main import cli
+
+    loaded = {}
+    for config in ("tiny", "wide"):
+        directory = synthetic.write_checkpoint(tmp_path_factory.mktemp(config), **synthetic.CONFIGS[config], seed=1)
+        hparams, params = reference.load(directory)
+        for dtype in ("float32", "float16"):
+            name = f"test-{config}-{dtype}"
+            result = CliRunner().invoke(cli, ["--dsn", dsn, "load", str(directory), "--name", name, "--dtype", dtype])
+            assert result.exit_code == 0, result.output
+            loaded[config, dtype] = (name, hparams, params)
+    return loaded
+
+
+def vectors(conn, model: str, expression: str, *params) -> np.ndarray:
+    """Evaluate a vector[]-valued SQL expression for `model` as an [n, d] array."""
+    conn.execute("SELECT gpt2.use_model(%s)", (model,))
+    row = conn.execute(
+        f"SELECT ARRAY(SELECT v::real[] FROM unnest({expression}) WITH ORDINALITY AS u(v, t) ORDER BY t)", params
+    ).fetchone()
+    return np.array(row[0], dtype=np.float64)
+
+
+def as_sql(array: np.ndarray) -> list[str]:
+    """[n, d] floats as text vectors, for %s::vector[]."""
+    return ["[" + ",".join(repr(float(v)) for v in row) + "]" for row in array]
+
+
+def assert_close(actual, expected, tolerance, what):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    diff = np.abs(actual - expected)
+    worst = np.unravel_index(np.argmax(diff), diff.shape)
+    assert diff.max() <= tolerance, (
+        f"{what}: max |diff| {diff.max():.3g} > {tolerance:g} at {worst} "
+        f"(sql {actual[worst]:.6g}, numpy {expected[worst]:.6g}); first values sql {actual.ravel()[:4]}, "
+        f"numpy {expected.ravel()[:4]}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("config", ["tiny", "wide"])
+def test_each_stage_matches_reference(conn, models, config, dtype):
+    name, hparams, params = models[config, dtype]
+    ids = PROMPTS[1]
+    ref = reference.stages(params, hparams, ids, layer=0)
+    tol = TOLERANCE[dtype]
+    vec = lambda expr, *p: vectors(conn, name, expr, *p)  # noqa: E731
+
+    assert_close(vec("gpt2.embed(%s, 0)", ids), ref["embed"], tol / 10, "embeddings")
+    assert_close(vec("gpt2.ln('ln_1', 0, %s::vector[])", as_sql(ref["embed"])), ref["ln_1"], tol, "layer norm ln_1")
+    assert_close(vec("gpt2.linear('attn.c_attn', 0, %s::vector[])", as_sql(ref["ln_1"])), ref["qkv"], tol, "c_attn")
+    conn.execute("SELECT gpt2.kv_reset()")
+    attn = vec("gpt2.linear('attn.c_proj', 0, gpt2.mha(0, %s::vector[], 0))", as_sql(ref["qkv"]))
+    assert_close(attn, ref["attn"], tol, "attention (mha + c_proj)")
+    assert_close(vec("gpt2.mlp(0, %s::vector[])", as_sql(ref["ln_2"])), ref["mlp"], tol, "mlp")
+    conn.execute("SELECT gpt2.kv_reset()")
+    assert_close(vec("gpt2.block(0, %s::vector[], 0)", as_sql(ref["embed"])), ref["block"], tol, "block 0")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("config", ["tiny", "wide"])
+def test_logits_match_reference(conn, models, config, dtype):
+    name, hparams, params = models[config, dtype]
+    for ids in PROMPTS:
+        expected = reference.forward(params, hparams, ids)  # [n_seq, n_vocab]
+        rows = conn.execute("SELECT pos, token, logit FROM gpt2.forward(%s, %s)", (ids, name)).fetchall()
+        actual = np.zeros_like(expected)
+        pos, token, logit = (np.array(c) for c in zip(*rows))
+        actual[pos, token] = logit
+        assert len(rows) == expected.size, f"{len(rows)} logits for {expected.shape}"
+        assert_close(actual, expected, 10 * TOLERANCE[dtype], f"logits of {ids[:5]}...")
+        if dtype == "float32":
+            assert (actual.argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_kv_cache_decode_equals_full_forward(conn, models):
+    """A prefill then one-token decode steps give the same hidden states as one pass."""
+    name, hparams, params = models["tiny", "float32"]
+    ids = PROMPTS[3]
+    conn.execute("SELECT gpt2.use_model(%s)", (name,))
+    stepwise = [vectors(conn, name, "gpt2.transformer(%s, 0)", ids[:5])[-1]]
+    for pos in range(5, len(ids)):
+        stepwise.append(vectors(conn, name, "gpt2.transformer(%s, %s)", [ids[pos]], pos)[0])
+    full = reference.stages(params, hparams, ids)["ln_f"][4:]
+    assert_close(np.array(stepwise), full, TOLERANCE["float32"], "decode steps vs full forward")
+    n_cached = conn.execute("SELECT count(DISTINCT pos) FROM kv_cache").fetchone()[0]
+    assert n_cached == len(ids)
