@@ -1,0 +1,135 @@
+"""`gpt2sql load | models | drop`: checkpoint layouts, atomic replacement, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import synthetic
+
+TINY = synthetic.CONFIGS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(dsn):
+    from click.testing import CliRunner
+
+    from gpt2sql.main import cli
+
+    return lambda args, **kw: CliRunner().invoke(cli, ["--dsn", dsn] + args, catch_exceptions=False, **kw)
+
+
+def logits(conn, model, ids=(464, 2068, 7586)):
+    rows = conn.execute("SELECT logit FROM gpt2.forward(%s, %s) ORDER BY pos, token", (list(ids), model)).fetchall()
+    return np.array([r[0] for r in rows])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+@pytest.mark.parametrize("variant", [{"prefix": True}, {"mask_buffers": True}, {"lm_head": True, "prefix": True},
+                                     {"dtype": "float16"}])
+def test_checkpoint_variants_load_the_same_weights(conn, cli_run, tmp_path, variant):
+    plain = synthetic.write_checkpoint(tmp_path / "plain", **TINY, seed=3, dtype=variant.get("dtype", "float32"))
+    other = synthetic.write_checkpoint(tmp_path / "other", **TINY, seed=3, **variant)
+    assert cli_run(["load", str(plain), "--name", "variant-a"]).exit_code == 0
+    assert cli_run(["load", str(other), "--name", "variant-b"]).exit_code == 0
+    np.testing.assert_array_equal(logits(conn, "variant-a"), logits(conn, "variant-b"))
+
+
+def test_reload_replaces_and_failed_load_keeps_previous(conn, cli_run, tmp_path):
+    first = synthetic.write_checkpoint(tmp_path / "first", **TINY, seed=4)
+    second = synthetic.write_checkpoint(tmp_path / "second", **TINY, seed=5)
+    assert cli_run(["load", str(first), "--name", "swap"]).exit_code == 0
+    before = logits(conn, "swap")
+    assert cli_run(["load", str(second), "--name", "swap"]).exit_code == 0
+    after = logits(conn, "swap")
+    assert not np.allclose(before, after), "loading again did not replace the weights"
+    assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'swap'").fetchone()[0] == 1
+    schemas = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'model\\_swap%'").fetchone()[0]
+    assert schemas == 1, "a staging schema was left behind"
+
+    broken = synthetic.write_checkpoint(tmp_path / "broken", **TINY, seed=6)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["n_positions"] = 128  # wpe in the file is [64, 64]
+    (broken / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli_run(["load", str(broken), "--name", "swap"]), "wpe.weight", "shape")
+    np.testing.assert_array_equal(logits(conn, "swap"), after)
+
+
+def test_interrupted_load_leaves_previous_state(conn, tmp_path, monkeypatch):
+    """A failure in the middle of the COPYs rolls the whole load back."""
+    from gpt2sql.loader import model as loader
+
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=8)
+    loader.load_model(conn, directory, "interrupted")
+    before = logits(conn, "interrupted")
+    calls = []
+
+    def fail_on_third(nbytes):
+        calls.append(nbytes)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loader.load_model(conn, synthetic.write_checkpoint(tmp_path / "new", **TINY, seed=9), "interrupted",
+                          progress=fail_on_third)
+    np.testing.assert_array_equal(logits(conn, "interrupted"), before)
+
+
+def test_models_lists_and_drop_removes(conn, cli_run, tmp_path):
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=10)
+    assert cli_run(["load", str(directory), "--name", "listed", "--dtype", "float16"]).exit_code == 0
+    listing = cli_run(["models"]).output
+    line = next(l for l in listing.splitlines() if " listed " in l)
+    assert line.startswith("*") and "float16" in line and "MB" in line
+    assert cli_run(["drop", "listed"]).exit_code == 0
+    assert " listed " not in cli_run(["models"]).output
+    assert conn.execute("SELECT to_regnamespace('model_listed')").fetchone()[0] is None
+    assert_one_line_error(cli_run(["drop", "listed"]), "no model named")
+
+
+def test_load_errors_are_one_line(cli_run, tmp_path):
+    assert_one_line_error(cli_run(["load", str(tmp_path / "missing")]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    assert_one_line_error(cli_run(["load", str(empty)]), "model.safetensors")
+
+    llama = synthetic.write_checkpoint(tmp_path / "llama", **TINY)
+    cfg = json.loads((llama / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (llama / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli_run(["load", str(llama)]), "llama", "GPT-2")
+
+    bad_json = synthetic.write_checkpoint(tmp_path / "badjson", **TINY)
+    (bad_json / "config.json").write_text("{not json")
+    assert_one_line_error(cli_run(["load", str(bad_json)]), "config.json", "JSON")
+
+    assert_one_line_error(cli_run(["load", str(bad_json), "--name", "bad name!"]))
+
+
+def test_generate_without_any_model_says_how_to_load(dsn, tmp_path, monkeypatch):
+    """A database with no model, and no hub: one line that says how to load one."""
+    import psycopg
+    from click.testing import CliRunner
+
+    from gpt2sql.main import cli
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS gpt2sql_empty")
+        admin.execute("CREATE DATABASE gpt2sql_empty")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    empty = psycopg.conninfo.make_conninfo(dsn, dbname="gpt2sql_empty")
+    result = CliRunner().invoke(cli, ["--dsn", empty, "generate", "Hello"])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "gpt2sql load" in last, result.output
