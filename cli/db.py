@@ -223,10 +223,10 @@ def url(conn, show_password: bool = False) -> str:
     info = conn.info
     params = info.get_parameters()
     user = quote(info.user or "", safe="")
-    password = info.password or ""
+    password = quote(info.password or "", safe="")
     if password and not show_password:
         password = "***"
-    auth = user + (":" + quote(password, safe="") if password else "") + "@" if user else ""
+    auth = user + (":" + password if password else "") + "@" if user else ""
     host = info.host or ""
     dbname = quote(info.dbname or "", safe="")
     if host.startswith("/"):  # a Unix socket directory: psql takes it as ?host=

@@ -7,17 +7,25 @@ import click
 from gpt2sql.main import connection
 
 
+def _default_name(source: str) -> str:
+    """gpt2 for 'openai-community/gpt2', the directory's name for a local path."""
+    from pathlib import Path
+
+    from gpt2sql.loader.hub import looks_like_local
+
+    return Path(source).resolve().name if looks_like_local(source) else source.rstrip("/").split("/")[-1]
+
+
 def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> str:
     """Resolve SOURCE (hub name or directory), load it with a progress bar; returns the model name."""
     import sys
-    from pathlib import Path
 
     from gpt2sql.loader.checkpoint import Checkpoint
-    from gpt2sql.loader.hub import looks_like_local, resolve_checkpoint
+    from gpt2sql.loader.hub import resolve_checkpoint
     from gpt2sql.loader.model import load_model
 
     directory = resolve_checkpoint(source)
-    name = name or (Path(source).resolve().name if looks_like_local(source) else source.rstrip("/").split("/")[-1])
+    name = name or _default_name(source)
     total = Checkpoint(directory).nbytes
     conn = connection(ctx)
     with click.progressbar(length=total, label=f"loading {name} ({dtype})", file=sys.stderr,
@@ -31,11 +39,17 @@ def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> 
 @click.option("--name", help="Name to load it under. Default: the repository or directory name.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Weight storage: pgvector vector (float32) or halfvec (float16, half the size, ~1.5x faster).")
+@click.option("--if-missing", is_flag=True, help="Do nothing when a model of that name is already loaded.")
 @click.pass_context
-def load_cmd(ctx: click.Context, source: str, name: str | None, dtype: str) -> None:
+def load_cmd(ctx: click.Context, source: str, name: str | None, dtype: str, if_missing: bool) -> None:
     """Load a GPT-2 checkpoint: a Hugging Face name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
     distilgpt2, owner/repo) or a local directory with config.json and model.safetensors.
     Loading again under the same name replaces the model in one transaction."""
+    if if_missing:
+        wanted = name or _default_name(source)
+        if connection(ctx).execute("SELECT 1 FROM gpt2.models WHERE name = %s", (wanted,)).fetchone():
+            click.echo(f"{wanted} is already loaded", err=True)
+            return
     name = load_into(ctx, source, name, dtype)
     click.echo(f"loaded {name}", err=True)
 

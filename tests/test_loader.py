@@ -133,3 +133,12 @@ def test_generate_without_any_model_says_how_to_load(dsn, tmp_path, monkeypatch)
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and "gpt2sql load" in last, result.output
+
+
+def test_load_if_missing_skips_a_loaded_model(conn, cli_run, tmp_path):
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=11)
+    assert cli_run(["load", str(directory), "--name", "once"]).exit_code == 0
+    loaded_at = conn.execute("SELECT loaded_at FROM gpt2.models WHERE name = 'once'").fetchone()[0]
+    result = cli_run(["load", str(directory), "--name", "once", "--if-missing"])
+    assert result.exit_code == 0 and "already loaded" in result.output
+    assert conn.execute("SELECT loaded_at FROM gpt2.models WHERE name = 'once'").fetchone()[0] == loaded_at
