@@ -1,0 +1,18 @@
+-- Example 2: token + position embeddings, the input of the first block.
+--   psql "$(gpt2sql db url)" -v prompt='Happy New Year! I wish' -f sql/examples/02_embeddings.sql
+\if :{?prompt}
+\else
+\set prompt 'Happy New Year! I wish'
+\endif
+SELECT name, n_layer, n_head, n_embd, dtype FROM gpt2.use_model();   -- the default model (or pass its name)
+
+-- x[t] = wte[id] + wpe[t]: the first 4 of n_embd numbers of each, per token.
+SELECT u.t - 1 AS pos, u.id, gpt2.decode_bytes(v.bytes) AS token,
+       subvector(e.w::vector, 1, 4) AS wte, subvector(p.w::vector, 1, 4) AS wpe,
+       subvector(x.x, 1, 4) AS x
+FROM unnest(gpt2.tokenize(:'prompt')) WITH ORDINALITY AS u(id, t)
+JOIN gpt2.vocab v ON v.id = u.id
+JOIN wte e ON e.token = u.id
+JOIN wpe p ON p.pos = u.t - 1
+JOIN unnest(gpt2.embed(gpt2.tokenize(:'prompt'), 0)) WITH ORDINALITY AS x(x, t) ON x.t = u.t
+ORDER BY u.t;
