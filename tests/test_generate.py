@@ -32,21 +32,6 @@ def runner(dsn):
     return lambda args, **kw: CliRunner().invoke(cli, ["--dsn", dsn] + args, catch_exceptions=False, **kw)
 
 
-def greedy_with_window(params, hparams, ids, n):
-    """The generation rule of sql/95_generate.sql, from full forward passes: the model sees
-    the tokens since the window start; when feeding a token would exceed n_positions, the
-    window restarts at the last n_positions // 2 tokens; a long prompt keeps its last n_positions."""
-    n_ctx, seq = hparams["n_positions"], list(ids)
-    start, out = max(0, len(seq) - n_ctx), []
-    for _ in range(n):
-        token = int(np.argmax(reference.forward(params, hparams, seq[start:])[-1]))
-        out.append(token)
-        seq.append(token)
-        if len(seq) - start > n_ctx:
-            start = len(seq) - n_ctx // 2
-    return out
-
-
 def tokenize(conn, text):
     return conn.execute("SELECT gpt2.tokenize(%s)", (text,)).fetchone()[0]
 
@@ -54,7 +39,7 @@ def tokenize(conn, text):
 @pytest.mark.parametrize("prompt", ["Happy New Year! I wish", "def fibonacci(n):\n    if n < 2:\n        return n\n" * 2])
 def test_greedy_cli_equals_reference(conn, tiny, runner, prompt):
     name, hparams, params = tiny
-    expected = greedy_with_window(params, hparams, tokenize(conn, prompt), N_TOKENS)
+    expected = reference.generate_greedy(params, hparams, tokenize(conn, prompt), N_TOKENS)
     result = runner(["generate", prompt, "--model", name, "--max-tokens", str(N_TOKENS), "--temperature", "0", "--json"])
     assert result.exit_code == 0, result.output
     tokens = [json.loads(line)["id"] for line in result.output.splitlines()]
@@ -67,7 +52,7 @@ def test_greedy_cli_equals_reference(conn, tiny, runner, prompt):
 def test_greedy_psql_function_equals_reference(conn, tiny):
     name, hparams, params = tiny
     prompt = "The quick brown fox jumps over the lazy dog. " * 3   # 30 tokens: the window slides
-    expected = greedy_with_window(params, hparams, tokenize(conn, prompt), N_TOKENS)
+    expected = reference.generate_greedy(params, hparams, tokenize(conn, prompt), N_TOKENS)
     rows = conn.execute("SELECT step, id, text FROM gpt2.generate(%s, model => %s, max_tokens => %s, temperature => 0)",
                         (prompt, name, N_TOKENS)).fetchall()
     assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
@@ -82,7 +67,7 @@ def test_prompt_longer_than_context(conn, tiny):
     ids = list(range(300, 300 + hparams["n_positions"] + 10))
     prompt = conn.execute("SELECT gpt2.detokenize(%s)", (ids,)).fetchone()[0]
     ids = tokenize(conn, prompt)
-    expected = greedy_with_window(params, hparams, ids, 5)
+    expected = reference.generate_greedy(params, hparams, ids, 5)
     rows = conn.execute("SELECT id FROM gpt2.generate(%s, model => %s, max_tokens => 5, temperature => 0)",
                         (prompt, name)).fetchall()
     assert [r[0] for r in rows] == expected

@@ -1,0 +1,179 @@
+"""GPT-2 in NumPy, written from the math (picoGPT style): the twin of every SQL stage.
+
+Parameters are a nested dict named after the checkpoint's modules, with picoGPT's leaf
+names: Conv1D weight/bias -> w/b, LayerNorm weight/bias -> g/b:
+    {"wte": [n_vocab, n_embd], "wpe": [n_ctx, n_embd], "ln_f": {"g", "b"},
+     "h": [{"ln_1": {"g", "b"}, "attn": {"c_attn": {"w", "b"}, "c_proj": {...}},
+            "ln_2": {...}, "mlp": {"c_fc": {...}, "c_proj": {...}}}, ...]}
+hparams is config.json as a dict (n_head, n_positions, layer_norm_epsilon, ...).
+Everything runs in the dtype the parameters were loaded in (float64 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def gelu(x):  # GPT-2's "gelu_new": the tanh approximation
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def softmax(x):  # over the last axis; subtle: subtract the max so exp never overflows
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
+
+
+def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    mean = np.mean(x, axis=-1, keepdims=True)  # [n_seq, 1]
+    variance = np.var(x, axis=-1, keepdims=True)  # [n_seq, 1], biased (divides by n_embd)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+
+def linear(x, w, b):  # Conv1D: [m, in] @ [in, out] + [out] -> [m, out]
+    return x @ w + b
+
+
+def attention(q, k, v):  # [n_q, d], [n_k, d], [n_k, d] -> [n_q, d]; one head, causal
+    # subtle: the n_q queries are the LAST n_q positions of the n_k keys (n_q == n_k in a
+    # prefill, n_q == 1 in a decode step): query i sits at position n_k - n_q + i and sees
+    # keys 0..that position.
+    n_q, n_k = q.shape[0], k.shape[0]
+    pos_q = np.arange(n_k - n_q, n_k)[:, None]  # [n_q, 1]
+    mask = np.where(np.arange(n_k)[None, :] > pos_q, -np.inf, 0.0)  # [n_q, n_k]
+    return softmax(q @ k.T / math.sqrt(q.shape[-1]) + mask.astype(q.dtype)) @ v  # [n_q, d]
+
+
+def mha(x, c_attn, c_proj, n_head, kv=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
+    qkv = linear(x, **c_attn)  # [n_seq, n_embd] -> [n_seq, 3*n_embd]
+    q, k, v = np.split(qkv, 3, axis=-1)  # 3 x [n_seq, n_embd]
+    if kv is not None:  # the cache holds keys and values of the earlier positions
+        k = np.concatenate([kv[0], k])  # [n_past + n_seq, n_embd]
+        v = np.concatenate([kv[1], v])  # [n_past + n_seq, n_embd]
+    heads = zip(*(np.split(t, n_head, axis=-1) for t in (q, k, v)))  # n_head x (q, k, v)
+    out = np.hstack([attention(qh, kh, vh) for qh, kh, vh in heads])  # [n_seq, n_embd]
+    return linear(out, **c_proj), (k, v)  # [n_seq, n_embd] -> [n_seq, n_embd]
+
+
+def mlp(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    a = gelu(linear(x, **c_fc))  # [n_seq, n_embd] -> [n_seq, 4*n_embd]
+    return linear(a, **c_proj)  # [n_seq, 4*n_embd] -> [n_seq, n_embd]
+
+
+def block(x, layer, n_head, eps, kv=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
+    a, kv = mha(layer_norm(x, **layer["ln_1"], eps=eps), **layer["attn"], n_head=n_head, kv=kv)
+    x = x + a  # residual around attention, [n_seq, n_embd]
+    return x + mlp(layer_norm(x, **layer["ln_2"], eps=eps), **layer["mlp"]), kv
+
+
+def _run(params, hparams, ids, pos0=0, cache=None):  # ids [n_seq] -> logits [n_seq, n_vocab]
+    eps = hparams.get("layer_norm_epsilon", 1e-5)
+    x = params["wte"][ids] + params["wpe"][pos0 : pos0 + len(ids)]  # [n_seq, n_embd]
+    cache = cache or [None] * len(params["h"])
+    for i, layer in enumerate(params["h"]):
+        x, cache[i] = block(x, layer, hparams["n_head"], eps, kv=cache[i])  # [n_seq, n_embd]
+    x = layer_norm(x, **params["ln_f"], eps=eps)  # [n_seq, n_embd]
+    return x @ params["wte"].T, cache  # tied LM head: [n_seq, n_embd] -> [n_seq, n_vocab]
+
+
+def forward(params, hparams, ids):  # ids [n_seq] -> logits [n_seq, n_vocab]
+    assert 0 < len(ids) <= hparams["n_positions"], "forward sees at most n_positions tokens"
+    return _run(params, hparams, list(ids))[0]
+
+
+def prefill(params, hparams, ids):  # ids [n_seq] -> (logits of the last token [n_vocab], cache)
+    """The cache is one (k, v) pair per layer, each [n_seq, n_embd] (heads side by side)."""
+    assert 0 < len(ids) <= hparams["n_positions"]
+    logits, cache = _run(params, hparams, list(ids))
+    return logits[-1], cache
+
+
+def decode_step(params, hparams, cache, token_id, pos):  # -> (logits [n_vocab], new cache)
+    """Feed one token at position `pos` (== the number of cached positions)."""
+    assert pos == len(cache[0][0]) and pos < hparams["n_positions"]
+    logits, cache = _run(params, hparams, [token_id], pos0=pos, cache=list(cache))
+    return logits[-1], cache
+
+
+def generate_greedy(params, hparams, ids, n):  # -> the n new token ids
+    """Greedy decoding (argmax, ties to the lowest id) with gpt2sql's context window, the
+    rule of sql/95_generate.sql: the model sees the tokens since the window start, at
+    positions 0, 1, ...; a prompt longer than n_positions starts at its last n_positions
+    tokens; when feeding the next token would pass n_positions, the window restarts at
+    the last n_positions // 2 tokens (one prefill) and decoding goes on with the KV cache.
+    Equivalently: next = argmax(forward(seq[start:])[-1]) with start moved as above."""
+    n_ctx, seq = hparams["n_positions"], list(ids)
+    start = max(0, len(seq) - n_ctx)
+    logits, cache = prefill(params, hparams, seq[start:])
+    for step in range(n):
+        seq.append(int(np.argmax(logits)))  # np.argmax returns the first maximum
+        if step == n - 1:
+            break
+        if len(seq) - start <= n_ctx:
+            logits, cache = decode_step(params, hparams, cache, seq[-1], len(seq) - 1 - start)
+        else:  # subtle: every position would shift, so the cached keys are rebuilt
+            start = len(seq) - n_ctx // 2
+            logits, cache = prefill(params, hparams, seq[start:])
+    return seq[len(ids) :]
+
+
+def stages(params, hparams, ids, layer=0):  # intermediate values to compare with SQL
+    """{"embed", "ln_1", "qkv", "attn", "ln_2", "mlp", "block"} of `layer` (each [n_seq, ...],
+    attn and mlp before their residual add), "ln_f" and "logits" [n_seq, n_vocab]."""
+    eps, n_head = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"]
+    ids = list(ids)
+    x = params["wte"][ids] + params["wpe"][: len(ids)]  # [n_seq, n_embd]
+    out = {"embed": x}
+    for i, p in enumerate(params["h"]):
+        if i == layer:
+            out["ln_1"] = layer_norm(x, **p["ln_1"], eps=eps)  # [n_seq, n_embd]
+            out["qkv"] = linear(out["ln_1"], **p["attn"]["c_attn"])  # [n_seq, 3*n_embd]
+            out["attn"] = mha(out["ln_1"], **p["attn"], n_head=n_head)[0]  # [n_seq, n_embd]
+            out["ln_2"] = layer_norm(x + out["attn"], **p["ln_2"], eps=eps)  # [n_seq, n_embd]
+            out["mlp"] = mlp(out["ln_2"], **p["mlp"])  # [n_seq, n_embd]
+        x = block(x, p, n_head, eps)[0]  # [n_seq, n_embd]
+        if i == layer:
+            out["block"] = x
+    out["ln_f"] = layer_norm(x, **params["ln_f"], eps=eps)  # [n_seq, n_embd]
+    out["logits"] = out["ln_f"] @ params["wte"].T  # [n_seq, n_vocab]
+    return out
+
+
+def load(directory, dtype=np.float64):  # -> (hparams, params)
+    """Read config.json + model.safetensors (Hugging Face layout), with or without the
+    "transformer." prefix; attn.bias / attn.masked_bias buffers are skipped and a
+    lm_head.weight must equal wte (GPT-2 ties them)."""
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    hp = json.loads((directory / "config.json").read_text())
+    raw = {k.removeprefix("transformer."): v for k, v in load_file(directory / "model.safetensors").items()}
+    lm_head = raw.pop("lm_head.weight", None)
+    raw = {k: v for k, v in raw.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    d, v, c = hp["n_embd"], hp["vocab_size"], hp["n_positions"]
+    shapes = {"wte.weight": (v, d), "wpe.weight": (c, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(hp["n_layer"]):
+        for name, shape in [("ln_1", (d,)), ("ln_2", (d,)), ("attn.c_attn", (d, 3 * d)),
+                            ("attn.c_proj", (d, d)), ("mlp.c_fc", (d, 4 * d)), ("mlp.c_proj", (4 * d, d))]:
+            shapes[f"h.{i}.{name}.weight"] = shape
+            shapes[f"h.{i}.{name}.bias"] = shape[-1:]
+    assert set(raw) == set(shapes), f"unexpected tensors: {sorted(set(raw) ^ set(shapes))[:6]}"
+    for k, shape in shapes.items():
+        assert raw[k].shape == shape, f"{k}: {raw[k].shape} != {shape}"
+    assert lm_head is None or np.array_equal(lm_head, raw["wte.weight"]), "lm_head not tied to wte"
+    t = {k: a.astype(dtype) for k, a in raw.items()}
+
+    def ln(p):
+        return {"g": t[p + ".weight"], "b": t[p + ".bias"]}
+
+    def lin(p):
+        return {"w": t[p + ".weight"], "b": t[p + ".bias"]}
+
+    h = [{"ln_1": ln(f"h.{i}.ln_1"), "ln_2": ln(f"h.{i}.ln_2"),
+          "attn": {"c_attn": lin(f"h.{i}.attn.c_attn"), "c_proj": lin(f"h.{i}.attn.c_proj")},
+          "mlp": {"c_fc": lin(f"h.{i}.mlp.c_fc"), "c_proj": lin(f"h.{i}.mlp.c_proj")}}
+         for i in range(hp["n_layer"])]
+    return hp, {"wte": t["wte.weight"], "wpe": t["wpe.weight"], "ln_f": ln("ln_f"), "h": h}
