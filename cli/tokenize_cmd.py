@@ -1,2 +1,117 @@
-"""(being written)"""
-COMMANDS = []
+"""`gpt2sql tokenize TEXT` and `gpt2sql detokenize ID...`: thin wrappers over gpt2.tokenize,
+gpt2.tokenize_trace and gpt2.detokenize (sql/10_tokenizer.sql)."""
+
+from __future__ import annotations
+
+import click
+
+from gpt2sql.errors import Gpt2SqlError
+from gpt2sql.main import connection
+
+
+@click.command("tokenize")
+@click.argument("text")
+@click.option("--show", is_flag=True, help="Print one token per line: its id and its text, quoted and escaped.")
+@click.option("--trace", is_flag=True, help="Print every BPE merge step of every piece (gpt2.tokenize_trace), then the ids.")
+@click.pass_context
+def tokenize_cmd(ctx: click.Context, text: str, show: bool, trace: bool) -> None:
+    """Print the GPT-2 token ids of TEXT as a JSON array. TEXT '-' reads standard input, verbatim."""
+    import json
+
+    text = _checked_text(read_stdin() if text == "-" else text)
+    conn = connection(ctx)
+    if trace:
+        print_trace(conn.execute("SELECT * FROM gpt2.tokenize_trace(%s)", (text,)).fetchall())
+    if show:
+        rows = conn.execute(
+            "SELECT t.id, v.bytes FROM unnest(gpt2.tokenize(%s)) WITH ORDINALITY AS t(id, k)"
+            " JOIN gpt2.vocab AS v USING (id) ORDER BY t.k",
+            (text,),
+        ).fetchall()
+        for token_id, data in rows:
+            click.echo(f"{token_id:>6}  {readable(bytes(data))}")
+        return
+    ids = conn.execute("SELECT gpt2.tokenize(%s)", (text,)).fetchone()[0]
+    click.echo(("ids: " if trace else "") + json.dumps(ids))
+
+
+@click.command("detokenize", context_settings={"ignore_unknown_options": True})  # "-1" is a (bad) id, not an option
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+def detokenize_cmd(ctx: click.Context, ids: tuple[str, ...]) -> None:
+    """Print the text of token IDS (several ids, or one JSON array such as '[15496, 995]')."""
+    import psycopg
+
+    token_ids = parse_ids(ids)
+    try:
+        text = connection(ctx).execute("SELECT gpt2.detokenize(%s::int[])", (token_ids,)).fetchone()[0]
+    except psycopg.errors.RaiseException as e:
+        raise Gpt2SqlError(f"{e.diag.message_primary} ({e.diag.message_hint})") from None
+    click.echo(text)
+
+
+def read_stdin() -> str:
+    """Standard input as it is: bytes decoded as UTF-8, no newline translated or stripped."""
+    with click.open_file("-", "rb") as stdin:
+        data = stdin.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Gpt2SqlError(f"standard input is not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
+
+
+def _checked_text(text: str) -> str:
+    """TEXT, or a one-line error for what PostgreSQL text cannot hold."""
+    if "\x00" in text:
+        raise Gpt2SqlError(f"TEXT holds a NUL character (U+0000) at position {text.index(chr(0))}; PostgreSQL text cannot store it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Gpt2SqlError(f"TEXT is not valid UTF-8 (position {e.start})") from None
+    return text
+
+
+def parse_ids(args: tuple[str, ...]) -> list[int]:
+    """['15496', '995'] or ['[15496, 995]'] -> [15496, 995]; a one-line error for anything else."""
+    import json
+
+    if len(args) == 1 and args[0].lstrip().startswith("["):
+        try:
+            values = json.loads(args[0])
+        except ValueError:
+            raise Gpt2SqlError(f"not a JSON array of token ids: {args[0][:60]!r}") from None
+    else:
+        values = []
+        for arg in args:
+            try:
+                values.append(int(arg))
+            except ValueError:
+                raise Gpt2SqlError(f"not a token id: {arg[:60]!r}") from None
+    for value in values:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+            raise Gpt2SqlError(f"unknown token id {value!r}")
+    return values
+
+
+def readable(data: bytes) -> str:
+    """A token's bytes, quoted and escaped: b' world' -> '" world"', b'\\xe2\\x80' -> '"\\xe2\\x80"'."""
+    import json
+
+    text = data.decode("utf-8", errors="surrogateescape")
+    out = [f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else json.dumps(c, ensure_ascii=False)[1:-1] for c in text]
+    return '"' + "".join(out) + '"'
+
+
+def print_trace(rows) -> None:
+    """The rows of gpt2.tokenize_trace, one block per piece: step, rank, merged pair, symbols."""
+    import json
+
+    for piece_no, piece, step, pair, rank, _merged_id, symbols in rows:
+        if step == 0:
+            click.echo(f"piece {piece_no}: {json.dumps(piece, ensure_ascii=False)}")
+            click.echo(f"  {'step':>4}  {'rank':>5}  {'merge':<20}  symbols")
+        merge = "" if pair is None else pair
+        click.echo(f"  {step:>4}  {'' if rank is None else rank:>5}  {merge:<20}  {' '.join(symbols)}")
+
+
+COMMANDS = [tokenize_cmd, detokenize_cmd]

@@ -1,0 +1,75 @@
+"""`gpt2sql tokenize` and `gpt2sql detokenize` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_tokenize_prints_json(runner):
+    result = runner(["tokenize", "Hello world"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "[15496, 995]\n"
+
+
+def test_tokenize_empty_text(runner):
+    assert runner(["tokenize", ""]).stdout == "[]\n"
+
+
+def test_tokenize_reads_stdin_verbatim(runner):
+    from test_tokenizer import reference
+
+    text = "  def f():\r\n\treturn 1  \n\n"
+    result = runner(["tokenize", "-"], input=text.encode("utf-8"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == reference().encode_ordinary(text)
+
+
+def test_tokenize_show(runner):
+    result = runner(["tokenize", "--show", "Hello world 😀\n"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [' 15496  "Hello"', '   995  " world"']
+    assert lines[2].endswith('" \\xf0\\x9f\\x98"') and lines[3].endswith('"\\x80"')  # byte-split emoji
+    assert lines[4].endswith('"\\n"')
+
+
+def test_tokenize_trace(runner):
+    result = runner(["tokenize", "--trace", " Mississippilessly"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert 'piece 1: " Mississippilessly"' in out
+    assert "i + s" in out and "ĠMiss + iss" in out
+    assert "ĠMississ ipp iless ly" in out
+    assert out.splitlines()[-1] == "ids: [12732, 3974, 30608, 306]"
+
+
+def test_tokenize_refuses_nul(runner):
+    for args, stdin in ((["tokenize", "a\x00b"], None), (["tokenize", "-"], b"a\x00b")):
+        result = runner(args, input=stdin)
+        assert result.exit_code == 1
+        assert result.stderr.count("\n") == 1 and "NUL" in result.stderr, result.stderr
+
+
+def test_tokenize_refuses_invalid_utf8_on_stdin(runner):
+    result = runner(["tokenize", "-"], input=b"ab\xff")
+    assert result.exit_code == 1
+    assert result.stderr == "error: standard input is not UTF-8 (byte 2: b'\\xff')\n"
+
+
+def test_detokenize(runner):
+    assert runner(["detokenize", "15496", "995"]).stdout == "Hello world\n"
+    assert runner(["detokenize", "[12732, 3974, 30608, 306]"]).stdout == " Mississippilessly\n"
+
+
+def test_detokenize_bad_ids(runner):
+    for args, message in (
+        (["detokenize", "15496", "abc"], "not a token id: 'abc'"),
+        (["detokenize", "[15496, 9.5]"], "unknown token id 9.5"),
+        (["detokenize", "[15496,"], "not a JSON array of token ids"),
+        (["detokenize", "50257"], "unknown token id 50257"),
+        (["detokenize", "-1"], "unknown token id -1"),
+    ):
+        result = runner(args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr, (args, result.stderr)
