@@ -78,34 +78,28 @@ def stop_embedded() -> bool:
 
 
 def _tune_embedded(server) -> str:
-    """Apply EMBEDDED_SETTINGS once (a restart), return the server's URI."""
+    """Apply EMBEDDED_SETTINGS once per data directory (one restart); return the server's URI.
+
+    A marker file in the data directory records what was applied, so later commands
+    neither query nor restart the server.
+    """
+    import json
+
     import psycopg
 
     uri = server.get_uri()
+    marker = Path(server.pgdata) / "gpt2sql-settings.json"
+    wanted = json.dumps(EMBEDDED_SETTINGS, sort_keys=True)
+    if marker.exists() and marker.read_text() == wanted:
+        return uri
     with psycopg.connect(uri, autocommit=True) as conn:
-        current = dict(conn.execute("SELECT name, setting || coalesce(unit, '') FROM pg_settings").fetchall())
-        stale = [k for k in EMBEDDED_SETTINGS if not _same_setting(current.get(k), EMBEDDED_SETTINGS[k])]
-        for name in stale:
-            conn.execute(f"ALTER SYSTEM SET {name} = '{EMBEDDED_SETTINGS[name]}'")
-    if stale:
-        server._stop()
-        with server._lock:
-            server.ensure_postgres_running()
-        uri = server.get_uri()
-    return uri
-
-
-def _same_setting(current: str | None, wanted: str) -> bool:
-    if current is None:
-        return False
-    units = {"kB": 1, "8kB": 8, "MB": 1024, "GB": 1024 * 1024}
-    for unit in sorted(units, key=len, reverse=True):
-        if wanted.endswith(unit) and wanted[: -len(unit)].isdigit():
-            for cunit in sorted(units, key=len, reverse=True):
-                if current.endswith(cunit) and current[: -len(cunit)].isdigit():
-                    return int(current[: -len(cunit)]) * units[cunit] == int(wanted[: -len(unit)]) * units[unit]
-            return False
-    return current == wanted
+        for name, value in EMBEDDED_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # names and values are our constants
+    server._stop()
+    with server._lock:
+        server.ensure_postgres_running()
+    marker.write_text(wanted)
+    return server.get_uri()
 
 
 def resolve_dsn(dsn: str | None) -> str:

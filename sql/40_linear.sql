@@ -9,9 +9,10 @@
 --
 -- subtle: the inputs are cast to the weights' type (wvec: vector or halfvec) ONCE, in
 --   a MATERIALIZED CTE; computed per row they would be converted 50,000 times.
--- subtle: the dot products are computed in an OFFSET 0 subquery and only then ordered
---   by column: ordering straight over the weight table sorts the wide rows (1.5 KB each;
---   a join + GROUP BY form did that and took 3x longer, measured).
+-- subtle: the weights are read through the primary key (tensor, layer, chunk, col), so
+--   they arrive in column order and array_agg(... ORDER BY col) sorts nothing. The
+--   planner prefers a bitmap scan + sort of the 1.5 KB rows, 2x slower here (measured),
+--   hence enable_bitmapscan/enable_sort = off on this function alone.
 -- subtle: inputs wider than n_embd (mlp.c_proj) arrive as chunks of n_embd; each chunk
 --   gives a partial y over all columns and the partial vectors are summed. b is 0 past
 --   chunk 0.
@@ -28,10 +29,8 @@ BEGIN
         FROM unnest(xs) WITH ORDINALITY AS u(x, t),
              generate_series(0, (vector_dims(xs[1]) - 1) / width) AS k(chunk)
     ), y AS (                                          -- [n_seq, n_chunks, n_out] x_chunk @ W_chunk (+ b)
-        SELECT x.t, (SELECT array_agg(d.y ORDER BY d.col) FROM (
-                         SELECT c.col, c.b - (c.w <#> x.xc) AS y FROM conv1d c
-                         WHERE c.tensor = linear.tensor AND c.layer = linear.layer AND c.chunk = x.chunk
-                         OFFSET 0) d)::vector AS y
+        SELECT x.t, (SELECT array_agg(c.b - (c.w <#> x.xc) ORDER BY c.col) FROM conv1d c
+                     WHERE c.tensor = linear.tensor AND c.layer = linear.layer AND c.chunk = x.chunk)::vector AS y
         FROM x
     ), rows AS (                                       -- [n_seq, n_out] the chunks summed
         SELECT y.t, sum(y.y) AS y FROM y GROUP BY y.t
@@ -40,3 +39,6 @@ BEGIN
     RETURN ys;
 END
 $$;
+
+ALTER FUNCTION gpt2.linear(text, int, vector[]) SET enable_bitmapscan = off;
+ALTER FUNCTION gpt2.linear(text, int, vector[]) SET enable_sort = off;
