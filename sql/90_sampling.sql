@@ -31,15 +31,14 @@ BEGIN
         RAISE EXCEPTION 'temperature must be > 0 for a distribution (0 means greedy), got %', temperature;
     END IF;
     RETURN QUERY
-    WITH logits AS MATERIALIZED (                       -- [n_vocab]
-        SELECT l.token, l.logit FROM gpt2.logits(x) l
-    ), top AS (                                         -- [top_k] exp((logit - max) / T), most likely first
-        SELECT l.token, l.logit,
-               exp(greatest((l.logit - (SELECT max(m.logit) FROM logits m)) / temperature, -700)) AS e
-        FROM logits l ORDER BY l.logit DESC, l.token LIMIT top_k
+    WITH top AS (                                       -- [top_k] most likely first (all when NULL)
+        SELECT l.token, l.logit FROM gpt2.logits(x) l ORDER BY l.logit DESC, l.token LIMIT top_k
+    ), scaled AS (                                      -- exp((logit - max) / T); the max is in `top`
+        SELECT t.token, t.logit, exp(greatest((t.logit - max(t.logit) OVER ()) / temperature, -700)) AS e
+        FROM top t
     ), cumulative AS (                                  -- one pass in rank order: running and total mass
         SELECT t.token, t.logit, t.e, row_number() OVER w AS rank, sum(t.e) OVER w AS cum, sum(t.e) OVER () AS z
-        FROM top t WINDOW w AS (ORDER BY t.logit DESC, t.token ROWS UNBOUNDED PRECEDING)
+        FROM scaled t WINDOW w AS (ORDER BY t.logit DESC, t.token ROWS UNBOUNDED PRECEDING)
     ), nucleus AS (                                     -- mass ranked before a token < top_p: keep it
         SELECT c.* FROM cumulative c WHERE c.cum - c.e < top_p * c.z
     )
@@ -55,7 +54,7 @@ DECLARE
     chosen int;
 BEGIN
     IF temperature = 0 THEN
-        SELECT e.token INTO chosen FROM wte e ORDER BY e.w <#> (SELECT x::wvec), e.token LIMIT 1;
+        SELECT l.token INTO chosen FROM gpt2.logits(x) l ORDER BY l.logit DESC, l.token LIMIT 1;
         RETURN chosen;
     END IF;
     SELECT c.token INTO chosen FROM (

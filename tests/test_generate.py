@@ -148,3 +148,26 @@ def test_sql_validates_sampling_arguments(conn, tiny):
     for args in ["temperature => -1", "top_p => 0", "top_k => 0", "max_tokens => 0"]:
         with pytest.raises(psycopg.errors.RaiseException):
             conn.execute(f"SELECT * FROM gpt2.generate('Hi', model => '{tiny[0]}', {args})")
+
+
+@pytest.mark.parametrize("config", ["tiny", "wide"])
+def test_greedy_equals_transformers_generate(conn, runner, tmp_path, config):
+    """The independent check: Hugging Face transformers' own greedy generate() on the same files."""
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2LMHeadModel
+
+    directory = synthetic.write_checkpoint(tmp_path, **synthetic.CONFIGS[config], seed=12)
+    assert runner(["load", str(directory), "--name", f"hf-{config}"]).exit_code == 0
+    prompt = "Happy New Year! I wish you"
+    ids = tokenize(conn, prompt)
+    model = GPT2LMHeadModel.from_pretrained(directory, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, pad_token_id=50256,
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    expected = out[0, len(ids):].tolist()
+    result = runner(["generate", prompt, "--model", f"hf-{config}", "-n", "32", "-t", "0", "--json"])
+    tokens = [json.loads(line)["id"] for line in result.output.splitlines()]
+    assert tokens == expected, (
+        f"first difference at step {next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), None)}: "
+        f"sql {tokens}, transformers {expected}")
