@@ -11,7 +11,7 @@
 --   a MATERIALIZED CTE; computed per row they would be converted 50,000 times.
 -- subtle: the weights are read through the primary key (tensor, layer, chunk, col), so
 --   they arrive in column order and array_agg(... ORDER BY col) sorts nothing. The
---   planner prefers a bitmap scan + sort of the 1.5 KB rows, 2x slower here (measured),
+--   planner prefers a bitmap scan + sort of the 1.5 KB rows, 1.5x slower here (measured),
 --   hence enable_bitmapscan/enable_sort = off on this function alone.
 -- subtle: inputs wider than n_embd (mlp.c_proj) arrive as chunks of n_embd; each chunk
 --   gives a partial y over all columns and the partial vectors are summed. b is 0 past

@@ -1,0 +1,123 @@
+"""README's commands, run as a user types them, so the README cannot rot.
+
+Every shell line in README's code blocks runs through bash with GPT2SQL_DSN pointing at
+the test database, in a directory holding a small random checkpoint named my-gpt2-dir,
+except those that need what a test cannot have: the network (loading a hub name),
+Docker, or installing. Those are listed in NOT_RUN with the test that covers them. Every
+statement in README's SQL blocks runs too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import synthetic
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# (pattern, who covers it instead)
+NOT_RUN = [
+    (r"^pip install", ".ci/run"),
+    (r"^python -m pytest", ".ci/run"),
+    (r"^python bench/", "bench/, by hand (timings are not tests)"),
+    (r"docker compose", "tests/test_compose.py (no Docker engine here)"),
+    (r"^export ", "tests/test_compose.py checks the DSN against the compose file"),
+    (r"^gpt2sql db stop", "tests/test_db.py (it would stop the user's own embedded server)"),
+    (r"^gpt2sql load (?![./])", "tests/test_hub.py (the hub is not reachable here)"),
+]
+
+
+def shell_lines() -> list[str]:
+    """Lines of the README's indented code blocks (4 spaces, after a blank line)."""
+    lines, in_block, previous_blank, fenced = [], False, True, False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced and line.startswith("    ") and (in_block or previous_blank):
+            in_block = True
+            lines.append(line.strip())
+        elif line.strip():
+            in_block = False
+        previous_blank = not line.strip()
+    return [l for l in lines if l]
+
+
+def sql_statements() -> list[str]:
+    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+    code = "\n".join(re.sub(r"--.*$", "", line) for block in blocks for line in block.splitlines())
+    return [s.strip() for s in code.split(";") if s.strip()]
+
+
+def skipped_by(line: str) -> str | None:
+    return next((why for pattern, why in NOT_RUN if re.search(pattern, line)), None)
+
+
+@pytest.fixture(scope="module")
+def workdir(dsn, tmp_path_factory):
+    """Like the checkout (./sql), plus ./my-gpt2-dir; a random model loaded as the default."""
+    root = tmp_path_factory.mktemp("readme")
+    (root / "sql").symlink_to(README.parent / "sql")  # README's paths are relative to the checkout
+    synthetic.write_checkpoint(root / "my-gpt2-dir", **synthetic.CONFIGS["tiny"], seed=21)
+    from click.testing import CliRunner
+
+    from gpt2sql.main import cli
+
+    assert CliRunner().invoke(cli, ["--dsn", dsn, "load", str(root / "my-gpt2-dir"), "--name", "readme"]).exit_code == 0
+    return root
+
+
+def test_readme_has_commands():
+    lines = shell_lines()
+    assert any(l.startswith("gpt2sql generate") for l in lines) and any("psql" in l for l in lines)
+    assert len(sql_statements()) >= 5
+
+
+def test_every_gpt2sql_command_parses():
+    """Options and subcommands in README exist (also for the lines that are not run)."""
+    import click
+
+    from gpt2sql.main import cli
+
+    def parse(command, name, args, parent=None):
+        ctx = command.make_context(name, args, parent=parent)
+        if isinstance(command, click.Group):
+            sub_name, sub, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+            parse(sub, sub_name, rest, ctx)
+
+    for line in shell_lines():
+        if line.startswith("gpt2sql "):
+            parse(cli, "gpt2sql", shlex.split(line, comments=True)[1:])
+
+
+def test_readme_shell_lines_run(dsn, workdir):
+    env = dict(os.environ, GPT2SQL_DSN=dsn, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    ran = 0
+    for line in shell_lines():
+        if skipped_by(line) or not re.match(r"^(gpt2sql|psql|echo .*\| gpt2sql)", line):
+            continue
+        result = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"README line failed: {line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert "Traceback" not in result.stderr, line
+        ran += 1
+    assert ran >= 15
+
+
+def test_readme_tokenize_examples_print_what_readme_says(dsn, workdir):
+    env = dict(os.environ, GPT2SQL_DSN=dsn, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for line in shell_lines():
+        expected = re.search(r"#\s*(\[[\d, ]+\]|Hello world)$", line)
+        if expected and line.startswith("gpt2sql "):
+            out = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True).stdout
+            assert out.strip() == expected[1], line
+
+
+def test_readme_sql_runs(conn, workdir):
+    for statement in sql_statements():
+        conn.execute(statement).fetchall()
