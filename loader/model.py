@@ -64,7 +64,10 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
 
 
 def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, n_embd: int, vtype: str) -> None:
-    """COPY one tensor (and its bias) into its table, in the layout of sql/20_model_tables.sql."""
+    """COPY one tensor (and its bias) into its table, in the layout of sql/20_model_tables.sql.
+
+    FREEZE: the tables were created in this transaction, so rows can be written already
+    frozen, and the first generation does not have to set hint bits on 124M weights."""
     import numpy as np
 
     w = ckpt.get(t.name)
@@ -85,7 +88,7 @@ def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, n_embd: int, vt
                 ("float4", b if chunk == 0 else np.zeros(n_out, dtype=np.float32)),
             ]))
     for columns, fields in batches:
-        statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY)").format(
+        statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             sql.Identifier(schema), sql.Identifier(t.table), sql.SQL(columns))
         with conn.cursor().copy(statement) as copy:
             copy.write(pgcopy.HEADER + pgcopy.rows(fields) + pgcopy.TRAILER)
