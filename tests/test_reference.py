@@ -14,20 +14,9 @@ import pytest
 
 import reference as R
 import synthetic
+from compare import assert_close
 
 PROMPT = [15496, 995, 11, 314, 716, 257, 1332, 286, 262]  # "Hello world, I am a test of the"
-
-
-def assert_close(name, got, want, tol):
-    """llm.c style: say where and by how much."""
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got.astype(np.float64) - want)
-    worst = np.unravel_index(np.argmax(diff), diff.shape) if diff.size else ()
-    assert diff.max(initial=0) <= tol, (
-        f"{name}: max |diff| {diff.max():.3g} > {tol:g} at {worst}: "
-        f"got {got[worst]!r}, want {want[worst]!r}\n"
-        f"  first values got  {got.ravel()[:4]}\n  first values want {want.ravel()[:4]}")
 
 
 @pytest.fixture(scope="module")
