@@ -6,6 +6,7 @@ import click
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
+from gpt2sql.tokenize_cmd import checked_text, read_stdin
 
 
 def _ensure_model(ctx: click.Context, model: str | None) -> None:
@@ -41,13 +42,9 @@ def _ensure_model(ctx: click.Context, model: str | None) -> None:
 def generate_cmd(ctx, prompt, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json):
     """Continue PROMPT ('-' reads it from standard input), printing tokens as they are computed."""
     import codecs
-    import sys
     import json
 
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if "\x00" in prompt:
-        raise Gpt2SqlError("the prompt contains a NUL character, which PostgreSQL text cannot hold")
+    prompt = checked_text(read_stdin() if prompt == "-" else prompt)
     _ensure_model(ctx, model)
     conn = connection(ctx)
     conn.execute("SELECT gpt2.generate_start(%s, %s, %s, %s, %s, %s, %s, %s)",

@@ -18,7 +18,7 @@ def tokenize_cmd(ctx: click.Context, text: str, show: bool, trace: bool) -> None
     """Print the GPT-2 token ids of TEXT as a JSON array. TEXT '-' reads standard input, verbatim."""
     import json
 
-    text = _checked_text(read_stdin() if text == "-" else text)
+    text = checked_text(read_stdin() if text == "-" else text)
     conn = connection(ctx)
     if trace:
         print_trace(conn.execute("SELECT * FROM gpt2.tokenize_trace(%s)", (text,)).fetchall())
@@ -60,14 +60,14 @@ def read_stdin() -> str:
         raise Gpt2SqlError(f"standard input is not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
 
 
-def _checked_text(text: str) -> str:
+def checked_text(text: str) -> str:
     """TEXT, or a one-line error for what PostgreSQL text cannot hold."""
     if "\x00" in text:
-        raise Gpt2SqlError(f"TEXT holds a NUL character (U+0000) at position {text.index(chr(0))}; PostgreSQL text cannot store it")
+        raise Gpt2SqlError(f"the text holds a NUL character (U+0000) at position {text.index(chr(0))}; PostgreSQL text cannot store it")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise Gpt2SqlError(f"TEXT is not valid UTF-8 (position {e.start})") from None
+        raise Gpt2SqlError(f"the text is not valid UTF-8 (position {e.start})") from None
     return text
 
 

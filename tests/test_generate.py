@@ -171,3 +171,8 @@ def test_greedy_equals_transformers_generate(conn, runner, tmp_path, config):
     assert tokens == expected, (
         f"first difference at step {next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), None)}: "
         f"sql {tokens}, transformers {expected}")
+
+
+def test_nul_in_prompt_is_one_line_error(tiny, runner):
+    result = runner(["generate", "a\x00b", "--model", tiny[0]])
+    assert result.exit_code == 1 and "NUL" in result.output and result.output.count("\n") == 1
