@@ -15,12 +15,10 @@ def _ensure_model(ctx: click.Context, model: str | None) -> None:
         return
     from gpt2sql.model_cmd import load_into
 
-    click.echo("no model is loaded yet: loading gpt2 from the Hugging Face Hub", err=True)
-    try:
+    try:  # huggingface_hub shows the download, load_into the load, each with a progress bar
         load_into(ctx, "gpt2", None, "float32")
     except Gpt2SqlError as e:
-        raise Gpt2SqlError(f"no model is loaded and gpt2 could not be fetched ({e}); "
-                           "load one with: gpt2sql load ./checkpoint-dir") from None
+        raise Gpt2SqlError(f"no model is loaded, and gpt2 could not be fetched: {e}") from None
 
 
 @click.command("generate")

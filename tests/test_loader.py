@@ -130,9 +130,7 @@ def test_generate_without_any_model_says_how_to_load(dsn, tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     empty = psycopg.conninfo.make_conninfo(dsn, dbname="gpt2sql_empty")
     result = CliRunner().invoke(cli, ["--dsn", empty, "generate", "Hello"])
-    assert result.exit_code == 1
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "gpt2sql load" in last, result.output
+    assert_one_line_error(result, "no model is loaded", "gpt2sql load")
 
 
 def test_load_if_missing_skips_a_loaded_model(conn, cli_run, tmp_path):
