@@ -176,3 +176,26 @@ def test_greedy_equals_transformers_generate(conn, runner, tmp_path, config):
 def test_nul_in_prompt_is_one_line_error(tiny, runner):
     result = runner(["generate", "a\x00b", "--model", tiny[0]])
     assert result.exit_code == 1 and "NUL" in result.output and result.output.count("\n") == 1
+
+
+def test_concurrent_generations_do_not_mix(dsn, tiny):
+    """Two connections generating at once, steps interleaved: each gets what it gets alone."""
+    from gpt2sql import db
+
+    name = tiny[0]
+    prompts = ["The quick brown fox", "def main():\n    return"]
+    start = "SELECT gpt2.generate_start(%s, %s, 12, 0)"
+    alone = []
+    for prompt in prompts:
+        with db.connect(dsn) as c:
+            c.execute(start, (prompt, name))
+            alone.append([c.execute("SELECT id FROM gpt2.generate_next()").fetchone()[0] for _ in range(12)])
+    with db.connect(dsn) as a, db.connect(dsn) as b:
+        a.execute(start, (prompts[0], name))
+        b.execute(start, (prompts[1], name))
+        together = [[], []]
+        for _ in range(12):
+            for i, c in enumerate((a, b)):
+                together[i].append(c.execute("SELECT id FROM gpt2.generate_next()").fetchone()[0])
+        assert a.execute("SELECT count(*) FROM kv_cache").fetchone()[0] == 0, "the cache outlived the generation"
+    assert together == alone
