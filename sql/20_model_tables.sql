@@ -22,6 +22,8 @@
 --   (mlp.c_proj reads n_inner = 4*n_embd) are cut into n_embd-wide chunks so that every
 --   row stays small enough for STORAGE PLAIN: vectors stored out of line (TOAST) are
 --   2-4x slower to read (DESIGN.md).
+-- subtle: ln keeps the default storage: its two n_embd vectors exceed a page from
+--   gpt2-medium's width on (2 x 1024 floats), and it is read once per layer, not per row.
 
 CREATE OR REPLACE FUNCTION gpt2.create_model_tables(schema_name text, dtype text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -41,7 +43,6 @@ BEGIN
                     chunk int NOT NULL, w %1$I.wvec NOT NULL, b real NOT NULL)', schema_name);
     EXECUTE format('ALTER TABLE %I.wte ALTER COLUMN w SET STORAGE PLAIN', schema_name);
     EXECUTE format('ALTER TABLE %I.wpe ALTER COLUMN w SET STORAGE PLAIN', schema_name);
-    EXECUTE format('ALTER TABLE %I.ln ALTER COLUMN g SET STORAGE PLAIN, ALTER COLUMN b SET STORAGE PLAIN', schema_name);
     EXECUTE format('ALTER TABLE %I.conv1d ALTER COLUMN w SET STORAGE PLAIN', schema_name);
 END
 $$;

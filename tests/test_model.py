@@ -100,3 +100,26 @@ def test_kv_cache_decode_equals_full_forward(conn, models):
     assert_close("decode steps vs full forward", np.array(stepwise), full, TOLERANCE["float32"])
     n_cached = conn.execute("SELECT count(DISTINCT pos) FROM kv_cache").fetchone()[0]
     assert n_cached == len(ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_widest_gpt2_width_loads_and_matches(conn, tmp_path, dsn, dtype):
+    """gpt2-xl's width (1600, 25 heads of 64): every row must still fit a page as stored."""
+    from click.testing import CliRunner
+
+    from gpt2sql.main import cli
+
+    directory = synthetic.write_checkpoint(tmp_path, n_layer=1, n_embd=1600, n_head=25, n_positions=32,
+                                           vocab_size=2048, seed=4)
+    name = f"test-xl-width-{dtype}"
+    result = CliRunner().invoke(cli, ["--dsn", dsn, "load", str(directory), "--name", name, "--dtype", dtype])
+    assert result.exit_code == 0, result.output
+    hparams, params = reference.load(directory)
+    ids = [15, 1000, 7, 2047, 3]
+    expected = reference.forward(params, hparams, ids)
+    rows = conn.execute("SELECT pos, token, logit FROM gpt2.forward(%s, %s)", (ids, name)).fetchall()
+    actual = np.zeros_like(expected)
+    pos, token, logit = (np.array(c) for c in zip(*rows))
+    actual[pos, token] = logit
+    assert_close(f"logits at width 1600 ({dtype})", actual, expected, TOLERANCE[dtype])
