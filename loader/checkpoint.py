@@ -95,6 +95,9 @@ def read_config(directory: Path) -> HParams:
     return h
 
 
+READABLE_DTYPES = ("F32", "F16", "F64")
+
+
 class Checkpoint:
     """An open model.safetensors whose tensors were all checked against the declared table."""
 
@@ -121,9 +124,12 @@ class Checkpoint:
                 full = self._prefix + name
                 if full not in names:
                     raise Gpt2SqlError(f"model.safetensors has no tensor {full!r}")
-                actual = tuple(self._file.get_slice(full).get_shape())
-                if actual != shape:
-                    raise Gpt2SqlError(f"tensor {full!r} has shape {list(actual)}, config.json implies {list(shape)}")
+                tensor = self._file.get_slice(full)
+                if tuple(tensor.get_shape()) != shape:
+                    raise Gpt2SqlError(f"tensor {full!r} has shape {tensor.get_shape()}, config.json implies {list(shape)}")
+                if tensor.get_dtype() not in READABLE_DTYPES:  # e.g. BF16, which NumPy cannot hold
+                    raise Gpt2SqlError(f"tensor {full!r} is {tensor.get_dtype()}: only float32, float16 "
+                                       "and float64 checkpoints can be read")
 
     def get(self, name: str):
         """A tensor as a float32 NumPy array."""

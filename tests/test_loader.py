@@ -140,3 +140,19 @@ def test_load_if_missing_skips_a_loaded_model(conn, cli_run, tmp_path):
     result = cli_run(["load", str(directory), "--name", "once", "--if-missing"])
     assert result.exit_code == 0 and "already loaded" in result.output
     assert conn.execute("SELECT loaded_at FROM gpt2.models WHERE name = 'once'").fetchone()[0] == loaded_at
+
+
+def test_bfloat16_checkpoint_is_one_line_error(cli_run, tmp_path):
+    """safetensors can hold bfloat16, NumPy cannot: say so instead of a traceback."""
+    from safetensors.numpy import load_file
+
+    directory = synthetic.write_checkpoint(tmp_path / "bf16", **TINY)
+    header, blobs, offset = {}, [], 0
+    for name, array in load_file(directory / "model.safetensors").items():
+        data = (array.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()  # bfloat16 bits
+        header[name] = {"dtype": "BF16", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header).encode()
+    (directory / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
+    assert_one_line_error(cli_run(["load", str(directory), "--name", "bf16"]), "BF16", "float32, float16")
