@@ -21,6 +21,23 @@ def _ensure_model(ctx: click.Context, model: str | None) -> None:
         raise Gpt2SqlError(f"no model is loaded, and gpt2 could not be fetched: {e}") from None
 
 
+PREFILL_CHUNK = 32  # prompt tokens per round trip while a progress bar is shown
+
+
+def _prefill(conn, n_prompt: int) -> None:
+    """Process a long prompt in pieces behind a progress bar (a short one: in the first step)."""
+    import sys
+
+    if n_prompt <= PREFILL_CHUNK:
+        return
+    with click.progressbar(length=n_prompt, label="prompt", file=sys.stderr, show_eta=True) as bar:
+        left = n_prompt
+        while left > 0:
+            now = conn.execute("SELECT gpt2.generate_prefill(%s)", (PREFILL_CHUNK,)).fetchone()[0]
+            bar.update(left - now)
+            left = now
+
+
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--model", "-m", help="Model to use. Default: the latest loaded (see gpt2sql models).")
@@ -45,8 +62,10 @@ def generate_cmd(ctx, prompt, model, max_tokens, temperature, top_k, no_top_k, t
     prompt = checked_text(read_stdin() if prompt == "-" else prompt)
     _ensure_model(ctx, model)
     conn = connection(ctx)
-    conn.execute("SELECT gpt2.generate_start(%s, %s, %s, %s, %s, %s, %s, %s)",
-                 (prompt, model, max_tokens, temperature, None if no_top_k else top_k, top_p, seed, list(stop) or None))
+    n_prompt = conn.execute("SELECT gpt2.generate_start(%s, %s, %s, %s, %s, %s, %s, %s)",
+                            (prompt, model, max_tokens, temperature, None if no_top_k else top_k, top_p, seed,
+                             list(stop) or None)).fetchone()[0]
+    _prefill(conn, n_prompt)
     if not as_json:
         click.echo(prompt, nl=False)
     eos = conn.execute("SELECT gpt2.eos_id()").fetchone()[0]

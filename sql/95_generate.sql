@@ -6,7 +6,9 @@
 --   SELECT * FROM gpt2.generate('Happy New Year! I wish', max_tokens => 20, temperature => 0);
 --       all tokens at once (PL/pgSQL returns a set only when the function ends);
 --   SELECT gpt2.generate_start('...', ...);  then  SELECT * FROM gpt2.generate_next();  per token
---       one round trip per token: what the CLI does to stream.
+--       one round trip per token: what the CLI does to stream. The prompt is processed
+--       (prefilled) by the first generate_next, or ahead of it in pieces by
+--       SELECT gpt2.generate_prefill(64) until it returns 0: the CLI's progress bar.
 -- The state lives in temporary tables (gen_state, and kv_cache from stage 5), so every
 -- connection has its own generation and nothing is left behind when it disconnects.
 --
@@ -14,6 +16,8 @@
 -- would pass that, the window slides: the KV cache is rebuilt from the last
 -- n_positions / 2 tokens (one prefill), and decoding goes on from there. A prompt longer
 -- than n_positions starts from its last n_positions tokens.
+-- State: ids[window_start:] are the tokens the model sees; the first n_cached of them
+-- are in the KV cache; x is the final hidden state of the last one cached.
 --
 -- subtle: the token just sampled is fed through the model at the START of the next
 --   call ("pending"), so a token is returned as soon as it is chosen, and the last token
@@ -53,11 +57,44 @@ BEGIN
     END IF;
     TRUNCATE gen_state;
     INSERT INTO gen_state VALUES (
-        m.name, ids, cardinality(ids), first, cardinality(ids) - first + 1, NULL,
-        (SELECT xs[array_upper(xs, 1)] FROM gpt2.transformer(ids[first:], 0) AS xs),   -- prefill
+        m.name, ids, cardinality(ids), first, 0, NULL, NULL,    -- nothing cached yet: see generate_prefill
         0, max_tokens, temperature, top_k, top_p, coalesce(seed, floor(random() * 2147483647)::bigint),
         stop, ''::bytea, false);
     RETURN cardinality(ids);
+END
+$$;
+
+-- Run up to n (default: all) of the window's tokens that are not cached yet through the
+-- model; returns how many are left. Stopping between calls is safe: the cache and x
+-- always describe the first n_cached tokens of the window.
+CREATE OR REPLACE FUNCTION gpt2.generate_prefill(n int DEFAULT NULL) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    todo int;
+    take int;
+BEGIN
+    PERFORM gpt2.require_generation();
+    SELECT * INTO s FROM gen_state;
+    PERFORM gpt2.use_model(s.model, true);
+    todo := cardinality(s.ids) - s.window_start + 1 - s.n_cached;
+    take := least(todo, coalesce(n, todo));
+    IF take > 0 THEN
+        UPDATE gen_state SET n_cached = s.n_cached + take,
+               x = (SELECT xs[array_upper(xs, 1)] FROM gpt2.transformer(
+                        s.ids[s.window_start + s.n_cached : s.window_start + s.n_cached + take - 1], s.n_cached) AS xs);
+    END IF;
+    RETURN todo - greatest(take, 0);
+END
+$$;
+
+-- A one-line error unless this connection has a generation (gen_state) in progress.
+CREATE OR REPLACE FUNCTION gpt2.require_generation() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_temp.gen_state') IS NULL OR NOT EXISTS (SELECT 1 FROM gen_state) THEN
+        RAISE EXCEPTION 'no generation in progress on this connection' USING HINT = 'call gpt2.generate_start(prompt, ...) first';
+    END IF;
 END
 $$;
 
@@ -70,9 +107,7 @@ DECLARE
     tok int;
     tok_bytes bytea;
 BEGIN
-    IF to_regclass('pg_temp.gen_state') IS NULL OR NOT EXISTS (SELECT 1 FROM gen_state) THEN
-        RAISE EXCEPTION 'no generation in progress on this connection' USING HINT = 'call gpt2.generate_start(prompt, ...) first';
-    END IF;
+    PERFORM gpt2.require_generation();
     SELECT * INTO s FROM gen_state;
     IF s.done THEN
         RETURN;
@@ -81,25 +116,21 @@ BEGIN
 
     IF s.pending IS NOT NULL THEN                       -- feed the token chosen last time
         IF s.n_cached >= m.n_positions THEN             -- the window slides (see the header)
-            s.window_start := cardinality(s.ids) - m.n_positions / 2 + 1;
-            s.x := (SELECT xs[array_upper(xs, 1)] FROM gpt2.transformer(s.ids[s.window_start:], 0) AS xs);
-            s.n_cached := cardinality(s.ids) - s.window_start + 1;
+            UPDATE gen_state SET window_start = cardinality(s.ids) - m.n_positions / 2 + 1, n_cached = 0;
         ELSE
-            s.x := (gpt2.transformer(ARRAY[s.pending], s.n_cached))[1];
-            s.n_cached := s.n_cached + 1;
+            UPDATE gen_state SET x = (gpt2.transformer(ARRAY[s.pending], s.n_cached))[1], n_cached = s.n_cached + 1;
         END IF;
     END IF;
+    PERFORM gpt2.generate_prefill();                    -- the prompt, or a slid window
+    SELECT * INTO s FROM gen_state;
 
     tok := gpt2.sample(s.x, s.temperature, s.top_k, s.top_p, gpt2.uniform(s.seed, s.step));
     tok_bytes := (SELECT v.bytes FROM gpt2.vocab v WHERE v.id = tok);
     s.step := s.step + 1;
-    s.ids := s.ids || tok;
     s.generated := s.generated || coalesce(tok_bytes, '');
     s.done := tok = gpt2.eos_id() OR s.step >= s.max_tokens
               OR EXISTS (SELECT 1 FROM unnest(s.stop) AS w WHERE w <> '' AND strpos(gpt2.decode_bytes(s.generated), w) > 0);
-    s.pending := tok;
-    UPDATE gen_state SET ids = s.ids, window_start = s.window_start, n_cached = s.n_cached, pending = s.pending,
-                         x = s.x, step = s.step, generated = s.generated, done = s.done;
+    UPDATE gen_state SET ids = s.ids || tok, pending = tok, step = s.step, generated = s.generated, done = s.done;
     IF s.done THEN
         TRUNCATE kv_cache;                              -- the cache is not needed any more
     END IF;

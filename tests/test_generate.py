@@ -42,7 +42,7 @@ def test_greedy_cli_equals_reference(conn, tiny, runner, prompt):
     expected = reference.generate_greedy(params, hparams, tokenize(conn, prompt), N_TOKENS)
     result = runner(["generate", prompt, "--model", name, "--max-tokens", str(N_TOKENS), "--temperature", "0", "--json"])
     assert result.exit_code == 0, result.output
-    tokens = [json.loads(line)["id"] for line in result.output.splitlines()]
+    tokens = [json.loads(line)["id"] for line in result.stdout.splitlines()]
     # generation stops early only at <|endoftext|>
     assert tokens == expected[: len(tokens)] and (len(tokens) == N_TOKENS or tokens[-1] == 50256), (
         f"first difference at step {next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), None)}: "
@@ -124,7 +124,7 @@ def test_cli_streams_text(tiny, runner):
 def test_generate_reads_prompt_from_stdin(tiny, runner):
     with_stdin = runner(["generate", "-", "--model", tiny[0], "-n", "3", "-t", "0", "--json"], input="Hello\n")
     direct = runner(["generate", "Hello\n", "--model", tiny[0], "-n", "3", "-t", "0", "--json"])
-    assert with_stdin.exit_code == 0 and with_stdin.output == direct.output
+    assert with_stdin.exit_code == 0 and with_stdin.stdout == direct.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -167,7 +167,7 @@ def test_greedy_equals_transformers_generate(conn, runner, tmp_path, config):
                              attention_mask=torch.ones(1, len(ids), dtype=torch.long))
     expected = out[0, len(ids):].tolist()
     result = runner(["generate", prompt, "--model", f"hf-{config}", "-n", "32", "-t", "0", "--json"])
-    tokens = [json.loads(line)["id"] for line in result.output.splitlines()]
+    tokens = [json.loads(line)["id"] for line in result.stdout.splitlines()]
     assert tokens == expected, (
         f"first difference at step {next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), None)}: "
         f"sql {tokens}, transformers {expected}")
