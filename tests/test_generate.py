@@ -199,3 +199,11 @@ def test_concurrent_generations_do_not_mix(dsn, tiny):
                 together[i].append(c.execute("SELECT id FROM gpt2.generate_next()").fetchone()[0])
         assert a.execute("SELECT count(*) FROM kv_cache").fetchone()[0] == 0, "the cache outlived the generation"
     assert together == alone
+
+
+def test_empty_prompt_starts_from_endoftext(conn, tiny):
+    """As Hugging Face does for an unconditional sample: the context is <|endoftext|>."""
+    name, hparams, params = tiny
+    rows = conn.execute("SELECT id FROM gpt2.generate('', model => %s, max_tokens => 5, temperature => 0)",
+                        (name,)).fetchall()
+    assert [r[0] for r in rows] == reference.generate_greedy(params, hparams, [50256], 5)
