@@ -102,7 +102,8 @@ def test_readme_shell_lines_run(dsn, workdir):
     for line in shell_lines():
         if skipped_by(line) or not re.match(r"^(gpt2sql|psql|echo .*\| gpt2sql)", line):
             continue
-        result = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+                                stdin=subprocess.DEVNULL)
         assert result.returncode == 0, f"README line failed: {line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         assert "Traceback" not in result.stderr, line
         ran += 1
@@ -114,7 +115,8 @@ def test_readme_tokenize_examples_print_what_readme_says(dsn, workdir):
     for line in shell_lines():
         expected = re.search(r"#\s*(\[[\d, ]+\]|Hello world)$", line)
         if expected and line.startswith("gpt2sql "):
-            out = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True).stdout
+            out = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL).stdout
             assert out.strip() == expected[1], line
 
 
