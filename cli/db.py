@@ -102,16 +102,19 @@ def _tune_embedded(server) -> str:
     return server.get_uri()
 
 
+def uses_embedded(dsn: str | None) -> bool:
+    """True when neither a DSN nor libpq's environment names a server."""
+    return not dsn and not any(os.environ.get(v) for v in LIBPQ_VARS)
+
+
 def resolve_dsn(dsn: str | None) -> str:
     """The connection string to use: the given one, libpq's environment, or the embedded server."""
-    if dsn:
-        return dsn
-    if any(os.environ.get(v) for v in LIBPQ_VARS):
-        return ""
+    if not uses_embedded(dsn):
+        return dsn or ""
     return _tune_embedded(_embedded_server())
 
 
-def connect(dsn: str | None = None, *, schema: bool = True):
+def connect(dsn: str | None = None):
     """An autocommit psycopg connection with pgvector and an up-to-date `gpt2` schema."""
     import psycopg
 
@@ -121,16 +124,15 @@ def connect(dsn: str | None = None, *, schema: bool = True):
     except psycopg.OperationalError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise Gpt2SqlError(f"cannot connect to PostgreSQL ({mask_password(conninfo) or 'libpq environment'}): {first}") from None
-    if schema:
-        try:
-            ensure_vector(conn)
-            ensure_schema(conn)
-            from gpt2sql.loader.tokenizer import ensure_tokenizer
+    try:
+        ensure_vector(conn)
+        ensure_schema(conn)
+        from gpt2sql.loader.tokenizer import ensure_tokenizer
 
-            ensure_tokenizer(conn)  # GPT-2's bundled tokenizer files, loaded on first use
-        except BaseException:
-            conn.close()
-            raise
+        ensure_tokenizer(conn)  # GPT-2's bundled tokenizer files, loaded on first use
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -29,7 +29,7 @@ def status_cmd(ctx: click.Context) -> None:
     version, vector = conn.execute(
         "SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
     ).fetchone()
-    embedded = not ctx.find_root().obj["dsn"] and not any(__import__("os").environ.get(v) for v in db.LIBPQ_VARS)
+    embedded = db.uses_embedded(ctx.find_root().obj["dsn"])
     click.echo(f"server:     {'embedded, data in ' + str(db.data_dir()) if embedded else 'external'}")
     click.echo(f"url:        {db.url(conn)}")
     click.echo(f"postgresql: {version}")

@@ -18,19 +18,26 @@ def _default_name(source: str) -> str:
 
 def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> str:
     """Resolve SOURCE (hub name or directory), load it with a progress bar; returns the model name."""
+    import contextlib
     import sys
 
-    from gpt2sql.loader.checkpoint import Checkpoint
+    from gpt2sql.loader.checkpoint import nbytes, read_config
     from gpt2sql.loader.hub import resolve_checkpoint
     from gpt2sql.loader.model import load_model
 
     directory = resolve_checkpoint(source)
     name = name or _default_name(source)
-    total = Checkpoint(directory).nbytes
-    conn = connection(ctx)
-    with click.progressbar(length=total, label=f"loading {name} ({dtype})", file=sys.stderr,
-                           show_eta=True, show_percent=True) as bar:
-        load_model(conn, directory, name, dtype, source=source, progress=bar.update)
+    bar = click.progressbar(length=nbytes(read_config(directory)), label=f"loading {name} ({dtype})",
+                            file=sys.stderr, show_eta=True, show_percent=True)
+    shown = []
+    with contextlib.ExitStack() as stack:
+
+        def progress(done: int) -> None:  # the bar appears with the first tensor: checks fail before it
+            if not shown:
+                shown.append(stack.enter_context(bar))
+            bar.update(done)
+
+        load_model(connection(ctx), directory, name, dtype, source=source, progress=progress)
     return name
 
 

@@ -67,6 +67,11 @@ def tensors(h: HParams) -> list[Tensor]:
     return out
 
 
+def nbytes(h: HParams) -> int:
+    """float32 bytes of everything that gets loaded (for progress bars)."""
+    return sum(4 * math.prod(t.shape) for t in tensors(h))
+
+
 def read_config(directory: Path) -> HParams:
     """The hyperparameters from config.json; a one-line error when it is not GPT-2."""
     path = directory / "config.json"
@@ -136,8 +141,3 @@ class Checkpoint:
         import numpy as np
 
         return np.asarray(self._file.get_tensor(self._prefix + name), dtype=np.float32)
-
-    @property
-    def nbytes(self) -> int:
-        """float32 bytes of everything that gets loaded (for progress bars)."""
-        return sum(4 * math.prod(t.shape) for t in self.tensors)

@@ -70,17 +70,15 @@ def conn(dsn):
         yield c
 
 
-@pytest.fixture
-def runner(dsn, monkeypatch):
+@pytest.fixture(scope="session")
+def runner(dsn):
     """Invoke the CLI in-process against the test database: runner(args, input=None)."""
     from click.testing import CliRunner
 
     from gpt2sql.main import cli
 
-    monkeypatch.setenv("GPT2SQL_DSN", dsn)
-
     def run(args, **kwargs):
-        return CliRunner().invoke(cli, args, catch_exceptions=False, **kwargs)
+        return CliRunner().invoke(cli, ["--dsn", dsn, *args], catch_exceptions=False, **kwargs)
 
     return run
 

@@ -14,17 +14,13 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "sql" / "examples").glo
 
 
 @pytest.fixture(scope="module")
-def url(dsn, tmp_path_factory):
+def url(runner, tmp_path_factory):
     """A psql URL for the test database, with a small random model loaded as the default."""
     if shutil.which("psql") is None:
         pytest.fail("psql (the PostgreSQL client) is needed to run sql/examples: apt-get install postgresql-client")
-    from click.testing import CliRunner
-
-    from gpt2sql.main import cli
-
     directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("examples"), **synthetic.CONFIGS["tiny"], seed=2)
-    assert CliRunner().invoke(cli, ["--dsn", dsn, "load", str(directory), "--name", "examples"]).exit_code == 0
-    result = CliRunner().invoke(cli, ["--dsn", dsn, "db", "url", "--show-password"])
+    assert runner(["load", str(directory), "--name", "examples"]).exit_code == 0
+    result = runner(["db", "url", "--show-password"])
     return result.output.strip()
 
 

@@ -23,15 +23,6 @@ def tiny(tmp_path_factory, runner):
     return ("gen-tiny",) + reference.load(directory)
 
 
-@pytest.fixture(scope="module")
-def runner(dsn):
-    from click.testing import CliRunner
-
-    from gpt2sql.main import cli
-
-    return lambda args, **kw: CliRunner().invoke(cli, ["--dsn", dsn] + args, catch_exceptions=False, **kw)
-
-
 def tokenize(conn, text):
     return conn.execute("SELECT gpt2.tokenize(%s)", (text,)).fetchone()[0]
 

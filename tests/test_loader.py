@@ -12,15 +12,6 @@ import synthetic
 TINY = synthetic.CONFIGS["tiny"]
 
 
-@pytest.fixture(scope="module")
-def cli_run(dsn):
-    from click.testing import CliRunner
-
-    from gpt2sql.main import cli
-
-    return lambda args, **kw: CliRunner().invoke(cli, ["--dsn", dsn] + args, catch_exceptions=False, **kw)
-
-
 def logits(conn, model, ids=(464, 2068, 7586)):
     rows = conn.execute("SELECT logit FROM gpt2.forward(%s, %s) ORDER BY pos, token", (list(ids), model)).fetchall()
     return np.array([r[0] for r in rows])
@@ -36,20 +27,20 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.mark.parametrize("variant", [{"prefix": True}, {"mask_buffers": True}, {"lm_head": True, "prefix": True},
                                      {"dtype": "float16"}])
-def test_checkpoint_variants_load_the_same_weights(conn, cli_run, tmp_path, variant):
+def test_checkpoint_variants_load_the_same_weights(conn, runner, tmp_path, variant):
     plain = synthetic.write_checkpoint(tmp_path / "plain", **TINY, seed=3, dtype=variant.get("dtype", "float32"))
     other = synthetic.write_checkpoint(tmp_path / "other", **TINY, seed=3, **variant)
-    assert cli_run(["load", str(plain), "--name", "variant-a"]).exit_code == 0
-    assert cli_run(["load", str(other), "--name", "variant-b"]).exit_code == 0
+    assert runner(["load", str(plain), "--name", "variant-a"]).exit_code == 0
+    assert runner(["load", str(other), "--name", "variant-b"]).exit_code == 0
     np.testing.assert_array_equal(logits(conn, "variant-a"), logits(conn, "variant-b"))
 
 
-def test_reload_replaces_and_failed_load_keeps_previous(conn, cli_run, tmp_path):
+def test_reload_replaces_and_failed_load_keeps_previous(conn, runner, tmp_path):
     first = synthetic.write_checkpoint(tmp_path / "first", **TINY, seed=4)
     second = synthetic.write_checkpoint(tmp_path / "second", **TINY, seed=5)
-    assert cli_run(["load", str(first), "--name", "swap"]).exit_code == 0
+    assert runner(["load", str(first), "--name", "swap"]).exit_code == 0
     before = logits(conn, "swap")
-    assert cli_run(["load", str(second), "--name", "swap"]).exit_code == 0
+    assert runner(["load", str(second), "--name", "swap"]).exit_code == 0
     after = logits(conn, "swap")
     assert not np.allclose(before, after), "loading again did not replace the weights"
     assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'swap'").fetchone()[0] == 1
@@ -60,7 +51,7 @@ def test_reload_replaces_and_failed_load_keeps_previous(conn, cli_run, tmp_path)
     cfg = json.loads((broken / "config.json").read_text())
     cfg["n_positions"] = 128  # wpe in the file is [64, 64]
     (broken / "config.json").write_text(json.dumps(cfg))
-    assert_one_line_error(cli_run(["load", str(broken), "--name", "swap"]), "wpe.weight", "shape")
+    assert_one_line_error(runner(["load", str(broken), "--name", "swap"]), "wpe.weight", "shape")
     np.testing.assert_array_equal(logits(conn, "swap"), after)
 
 
@@ -84,36 +75,36 @@ def test_interrupted_load_leaves_previous_state(conn, tmp_path, monkeypatch):
     np.testing.assert_array_equal(logits(conn, "interrupted"), before)
 
 
-def test_models_lists_and_drop_removes(conn, cli_run, tmp_path):
+def test_models_lists_and_drop_removes(conn, runner, tmp_path):
     directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=10)
-    assert cli_run(["load", str(directory), "--name", "listed", "--dtype", "float16"]).exit_code == 0
-    listing = cli_run(["models"]).output
+    assert runner(["load", str(directory), "--name", "listed", "--dtype", "float16"]).exit_code == 0
+    listing = runner(["models"]).output
     line = next(l for l in listing.splitlines() if " listed " in l)
     assert line.startswith("*") and "float16" in line and "MB" in line
-    assert cli_run(["drop", "listed"]).exit_code == 0
-    assert " listed " not in cli_run(["models"]).output
+    assert runner(["drop", "listed"]).exit_code == 0
+    assert " listed " not in runner(["models"]).output
     assert conn.execute("SELECT to_regnamespace('model_listed')").fetchone()[0] is None
-    assert_one_line_error(cli_run(["drop", "listed"]), "no model named")
+    assert_one_line_error(runner(["drop", "listed"]), "no model named")
 
 
-def test_load_errors_are_one_line(cli_run, tmp_path):
-    assert_one_line_error(cli_run(["load", str(tmp_path / "missing")]))
+def test_load_errors_are_one_line(runner, tmp_path):
+    assert_one_line_error(runner(["load", str(tmp_path / "missing")]))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
-    assert_one_line_error(cli_run(["load", str(empty)]), "model.safetensors")
+    assert_one_line_error(runner(["load", str(empty)]), "model.safetensors")
 
     llama = synthetic.write_checkpoint(tmp_path / "llama", **TINY)
     cfg = json.loads((llama / "config.json").read_text())
     cfg["model_type"] = "llama"
     (llama / "config.json").write_text(json.dumps(cfg))
-    assert_one_line_error(cli_run(["load", str(llama)]), "llama", "GPT-2")
+    assert_one_line_error(runner(["load", str(llama)]), "llama", "GPT-2")
 
     bad_json = synthetic.write_checkpoint(tmp_path / "badjson", **TINY)
     (bad_json / "config.json").write_text("{not json")
-    assert_one_line_error(cli_run(["load", str(bad_json)]), "config.json", "JSON")
+    assert_one_line_error(runner(["load", str(bad_json)]), "config.json", "JSON")
 
-    assert_one_line_error(cli_run(["load", str(bad_json), "--name", "bad name!"]))
+    assert_one_line_error(runner(["load", str(bad_json), "--name", "bad name!"]))
 
 
 def test_generate_without_any_model_says_how_to_load(dsn, tmp_path, monkeypatch):
@@ -133,16 +124,16 @@ def test_generate_without_any_model_says_how_to_load(dsn, tmp_path, monkeypatch)
     assert_one_line_error(result, "no model is loaded", "gpt2sql load")
 
 
-def test_load_if_missing_skips_a_loaded_model(conn, cli_run, tmp_path):
+def test_load_if_missing_skips_a_loaded_model(conn, runner, tmp_path):
     directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=11)
-    assert cli_run(["load", str(directory), "--name", "once"]).exit_code == 0
+    assert runner(["load", str(directory), "--name", "once"]).exit_code == 0
     loaded_at = conn.execute("SELECT loaded_at FROM gpt2.models WHERE name = 'once'").fetchone()[0]
-    result = cli_run(["load", str(directory), "--name", "once", "--if-missing"])
+    result = runner(["load", str(directory), "--name", "once", "--if-missing"])
     assert result.exit_code == 0 and "already loaded" in result.output
     assert conn.execute("SELECT loaded_at FROM gpt2.models WHERE name = 'once'").fetchone()[0] == loaded_at
 
 
-def test_bfloat16_checkpoint_is_one_line_error(cli_run, tmp_path):
+def test_bfloat16_checkpoint_is_one_line_error(runner, tmp_path):
     """safetensors can hold bfloat16, NumPy cannot: say so instead of a traceback."""
     from safetensors.numpy import load_file
 
@@ -155,4 +146,4 @@ def test_bfloat16_checkpoint_is_one_line_error(cli_run, tmp_path):
         offset += len(data)
     raw = json.dumps(header).encode()
     (directory / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
-    assert_one_line_error(cli_run(["load", str(directory), "--name", "bf16"]), "BF16", "float32, float16")
+    assert_one_line_error(runner(["load", str(directory), "--name", "bf16"]), "BF16", "float32, float16")

@@ -20,19 +20,15 @@ PROMPTS = [[15496, 995], [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory, dsn):
+def models(tmp_path_factory, runner):
     """{(config, dtype): (model name, hparams, params)} loaded once for the session."""
-    from click.testing import CliRunner
-
-    from gpt2sql.main import cli
-
     loaded = {}
     for config in ("tiny", "wide"):
         directory = synthetic.write_checkpoint(tmp_path_factory.mktemp(config), **synthetic.CONFIGS[config], seed=1)
         hparams, params = reference.load(directory)
         for dtype in ("float32", "float16"):
             name = f"test-{config}-{dtype}"
-            result = CliRunner().invoke(cli, ["--dsn", dsn, "load", str(directory), "--name", name, "--dtype", dtype])
+            result = runner(["load", str(directory), "--name", name, "--dtype", dtype])
             assert result.exit_code == 0, result.output
             loaded[config, dtype] = (name, hparams, params)
     return loaded
@@ -104,16 +100,12 @@ def test_kv_cache_decode_equals_full_forward(conn, models):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_widest_gpt2_width_loads_and_matches(conn, tmp_path, dsn, dtype):
+def test_widest_gpt2_width_loads_and_matches(conn, tmp_path, runner, dtype):
     """gpt2-xl's width (1600, 25 heads of 64): every row must still fit a page as stored."""
-    from click.testing import CliRunner
-
-    from gpt2sql.main import cli
-
     directory = synthetic.write_checkpoint(tmp_path, n_layer=1, n_embd=1600, n_head=25, n_positions=32,
                                            vocab_size=2048, seed=4)
     name = f"test-xl-width-{dtype}"
-    result = CliRunner().invoke(cli, ["--dsn", dsn, "load", str(directory), "--name", name, "--dtype", dtype])
+    result = runner(["load", str(directory), "--name", name, "--dtype", dtype])
     assert result.exit_code == 0, result.output
     hparams, params = reference.load(directory)
     ids = [15, 1000, 7, 2047, 3]

@@ -60,16 +60,12 @@ def skipped_by(line: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def workdir(dsn, tmp_path_factory):
+def workdir(runner, tmp_path_factory):
     """Like the checkout (./sql), plus ./my-gpt2-dir; a random model loaded as the default."""
     root = tmp_path_factory.mktemp("readme")
     (root / "sql").symlink_to(README.parent / "sql")  # README's paths are relative to the checkout
     synthetic.write_checkpoint(root / "my-gpt2-dir", **synthetic.CONFIGS["tiny"], seed=21)
-    from click.testing import CliRunner
-
-    from gpt2sql.main import cli
-
-    assert CliRunner().invoke(cli, ["--dsn", dsn, "load", str(root / "my-gpt2-dir"), "--name", "readme"]).exit_code == 0
+    assert runner(["load", str(root / "my-gpt2-dir"), "--name", "readme"]).exit_code == 0
     return root
 
 
