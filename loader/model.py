@@ -46,7 +46,7 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
         conn.execute("SELECT gpt2.create_model_tables(%s, %s)", (staging, dtype))
         for t in ckpt.tensors:
-            _copy_tensor(conn, staging, t, ckpt, h.n_embd, DTYPES[dtype])
+            _copy_tensor(conn, staging, t, ckpt, dtype)
             if progress:
                 progress(4 * math.prod(t.shape))
         conn.execute("SELECT gpt2.finish_model_tables(%s)", (staging,))
@@ -55,41 +55,41 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
         conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema)))
         conn.execute(
             """INSERT INTO gpt2.models (name, schema_name, n_layer, n_head, n_embd, n_inner, n_positions,
-                                        n_vocab, layer_norm_epsilon, dtype, source)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                        n_vocab, layer_norm_epsilon, dtype, source, layout)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, gpt2.layout_version())""",
             (name, schema, h.n_layer, h.n_head, h.n_embd, h.n_inner, h.n_positions, h.n_vocab,
              h.layer_norm_epsilon, dtype, source or str(directory)),
         )
         _load_tokenizer_files(conn, Path(directory))
 
 
-def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, n_embd: int, vtype: str) -> None:
+def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, dtype: str) -> None:
     """COPY one tensor (and its bias) into its table, in the layout of sql/20_model_tables.sql.
 
     FREEZE: the tables were created in this transaction, so rows can be written already
     frozen, and the first generation does not have to set hint bits on 124M weights."""
     import numpy as np
 
+    vtype = DTYPES[dtype]
     w = ckpt.get(t.name)
     if t.table in ("wte", "wpe"):  # [n, n_embd]: one row per token / position
         key = "token" if t.table == "wte" else "pos"
-        batches = [(f"{key}, w", [("int4", np.arange(len(w))), (vtype, w)])]
+        batches = [("wte" if t.table == "wte" else "wpe", f"{key}, w", [("int4", np.arange(len(w))), (vtype, w)])]
     elif t.table == "ln":  # gain and shift of one layer norm
-        batches = [("tensor, layer, g, b", [("text", t.tensor), ("int4", np.array([t.layer])),
-                                            ("vector", w[None, :]), ("vector", ckpt.get(t.bias)[None, :])])]
-    else:  # Conv1D [in, out]: one row per output column and n_embd-wide chunk of the input
-        b = ckpt.get(t.bias)
+        batches = [("ln", "tensor, layer, g, b", [("text", t.tensor), ("int4", np.array([t.layer])),
+                                                  ("vector", w[None, :]), ("vector", ckpt.get(t.bias)[None, :])])]
+    else:  # Conv1D [in, out]: one row per output column and input chunk, and the bias vector
         n_in, n_out = w.shape
-        batches = []
-        for chunk, start in enumerate(range(0, n_in, n_embd)):
-            batches.append(("tensor, layer, col, chunk, w, b", [
-                ("text", t.tensor), ("int4", np.full(n_out, t.layer)), ("int4", np.arange(n_out)),
-                ("int4", np.full(n_out, chunk)), (vtype, w[start:start + n_embd].T),
-                ("float4", b if chunk == 0 else np.zeros(n_out, dtype=np.float32)),
-            ]))
-    for columns, fields in batches:
+        width = conn.execute("SELECT gpt2.chunk_dims(%s, %s)", (n_in, dtype)).fetchone()[0]
+        batches = [("bias", "tensor, layer, b", [("text", t.tensor), ("int4", np.array([t.layer])),
+                                                 ("vector", ckpt.get(t.bias)[None, :])])]
+        for chunk, start in enumerate(range(0, n_in, width)):
+            batches.append(("conv1d", "tensor, layer, chunk, col, w", [
+                ("text", t.tensor), ("int4", np.full(n_out, t.layer)), ("int4", np.full(n_out, chunk)),
+                ("int4", np.arange(n_out)), (vtype, w[start:start + width].T)]))
+    for table, columns, fields in batches:
         statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
-            sql.Identifier(schema), sql.Identifier(t.table), sql.SQL(columns))
+            sql.Identifier(schema), sql.Identifier(table), sql.SQL(columns))
         with conn.cursor().copy(statement) as copy:
             copy.write(pgcopy.HEADER + pgcopy.rows(fields) + pgcopy.TRAILER)
 

@@ -25,9 +25,36 @@ CREATE TABLE IF NOT EXISTS gpt2.models (
     source              text NOT NULL,
     loaded_at           timestamptz NOT NULL DEFAULT now()
 );
+-- The layout of the weight tables a model was loaded with (sql/20_model_tables.sql); a
+-- model loaded by an older gpt2sql has to be loaded again (gpt2.use_model says so).
+ALTER TABLE gpt2.models ADD COLUMN IF NOT EXISTS layout int NOT NULL DEFAULT 1;
 
 -- The model used when none is named: the one loaded most recently.
 CREATE OR REPLACE FUNCTION gpt2.default_model() RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT name FROM gpt2.models ORDER BY loaded_at DESC, name LIMIT 1
+$$;
+
+-- Work units for parallel query (sql/85_parallel.sql): PostgreSQL splits a Parallel Seq
+-- Scan between its processes page by page, so each unit gets a page of its own (a 1 kB
+-- row fills a page under fillfactor 10). Unit g of a job is row g.
+CREATE TABLE IF NOT EXISTS gpt2.units (g int PRIMARY KEY, pad text NOT NULL) WITH (fillfactor = 10);
+INSERT INTO gpt2.units SELECT g, repeat('.', 1000) FROM generate_series(0, 255) AS g ON CONFLICT DO NOTHING;
+
+-- Unrolling, for the kernels that read each weight row once for several positions
+-- (sql/40_linear.sql): a query is written for one position with '@' for its number, inside
+-- {{ }}; gpt2.unroll repeats each {{...}} for @ = 1..g, comma-separated, and writes g for %G.
+--   gpt2.unroll('SELECT {{x@ * 2 AS y@}} -- %G', 3) = 'SELECT x1 * 2 AS y1, x2 * 2 AS y2, x3 * 2 AS y3 -- 3'
+CREATE OR REPLACE FUNCTION gpt2.unroll(template text, g int) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    out text := replace(template, '%G', g::text);
+    part text;
+BEGIN
+    FOR part IN SELECT m[1] FROM regexp_matches(out, '\{\{([^}]*)\}\}', 'g') AS m LOOP
+        out := replace(out, '{{' || part || '}}',
+                       (SELECT string_agg(replace(part, '@', i::text), ', ' ORDER BY i) FROM generate_series(1, g) AS i));
+    END LOOP;
+    RETURN out;
+END
 $$;

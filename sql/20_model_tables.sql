@@ -7,23 +7,36 @@
 --   wte(token, w wvec)           [n_vocab, n_embd]      token embeddings; also the LM head (tied)
 --   wpe(pos, w wvec)             [n_positions, n_embd]  position embeddings
 --   ln(tensor, layer, g, b)      [n_embd] each          'ln_1', 'ln_2' per layer; 'ln_f' at layer 0
---   conv1d(tensor, layer, col, chunk, w wvec, b)
---                                one row per OUTPUT column of each Conv1D weight [in, out]:
---                                w = W[chunk*n_embd : (chunk+1)*n_embd, col], b = bias[col] on chunk 0
---                                (0 on the others), tensor in 'attn.c_attn', 'attn.c_proj',
---                                'mlp.c_fc', 'mlp.c_proj' (the checkpoint's names).
+--   conv1d(tensor, layer, chunk, col, w wvec)
+--                                one row per OUTPUT column (and input chunk) of each Conv1D
+--                                weight [in, out]: w = W[chunk*width : (chunk+1)*width, col],
+--                                tensor in 'attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'
+--                                (the checkpoint's names); width = gpt2.chunk_dims(in, dtype)
+--   bias(tensor, layer, b)       [out] the Conv1D biases, one vector each
 --
 -- The stage functions name these tables without a schema: gpt2.use_model() puts the
 -- model's schema first on the search path, and PostgreSQL re-plans cached statements
 -- when the search path changes, so one set of functions serves every model and dtype.
 --
 -- subtle: a row per output column makes a matrix-vector product one pgvector inner
---   product per row (`w <#> x` is the NEGATIVE inner product). Inputs wider than n_embd
---   (mlp.c_proj reads n_inner = 4*n_embd) are cut into n_embd-wide chunks so that every
---   row stays small enough for STORAGE PLAIN: vectors stored out of line (TOAST) are
---   2-4x slower to read (DESIGN.md).
+--   product per row (`w <#> x` is the NEGATIVE inner product). Every row must fit in one
+--   8 kB page (STORAGE PLAIN): a vector stored out of line (TOAST) is fetched from the
+--   TOAST table on every read, 2-4x slower. Inputs wider than a page holds (mlp.c_proj
+--   reads n_inner = 4*n_embd: 3072 floats are 12 kB) are cut into equal chunks.
 -- subtle: ln keeps the default storage: its two n_embd vectors exceed a page from
 --   gpt2-medium's width on (2 x 1024 floats), and it is read once per layer, not per row.
+
+-- The layout version this file creates (gpt2.models.layout); bump it when the tables change.
+CREATE OR REPLACE FUNCTION gpt2.layout_version() RETURNS int
+LANGUAGE sql IMMUTABLE AS $$ SELECT 2 $$;
+
+-- The width of the input chunks of a Conv1D weight with n_in inputs: the fewest equal
+-- chunks whose rows fit in a page: up to 2000 float32 (8 kB) or 4000 float16 per row.
+--   gpt2.chunk_dims(3072, 'float16') = 3072;  gpt2.chunk_dims(3072, 'float32') = 1536
+CREATE OR REPLACE FUNCTION gpt2.chunk_dims(n_in int, dtype text) RETURNS int
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ceil(n_in::numeric / ceil(n_in::numeric / CASE dtype WHEN 'float16' THEN 4000 ELSE 2000 END))::int
+$$;
 
 CREATE OR REPLACE FUNCTION gpt2.create_model_tables(schema_name text, dtype text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -39,8 +52,9 @@ BEGIN
     EXECUTE format('CREATE TABLE %1$I.wte (token int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
     EXECUTE format('CREATE TABLE %1$I.wpe (pos int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
     EXECUTE format('CREATE TABLE %I.ln (tensor text NOT NULL, layer int NOT NULL, g vector NOT NULL, b vector NOT NULL)', schema_name);
-    EXECUTE format('CREATE TABLE %1$I.conv1d (tensor text NOT NULL, layer int NOT NULL, col int NOT NULL,
-                    chunk int NOT NULL, w %1$I.wvec NOT NULL, b real NOT NULL)', schema_name);
+    EXECUTE format('CREATE TABLE %1$I.conv1d (tensor text NOT NULL, layer int NOT NULL, chunk int NOT NULL,
+                    col int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
+    EXECUTE format('CREATE TABLE %I.bias (tensor text NOT NULL, layer int NOT NULL, b vector NOT NULL)', schema_name);
     EXECUTE format('ALTER TABLE %I.wte ALTER COLUMN w SET STORAGE PLAIN', schema_name);
     EXECUTE format('ALTER TABLE %I.wpe ALTER COLUMN w SET STORAGE PLAIN', schema_name);
     EXECUTE format('ALTER TABLE %I.conv1d ALTER COLUMN w SET STORAGE PLAIN', schema_name);
@@ -55,7 +69,9 @@ BEGIN
     EXECUTE format('ALTER TABLE %I.wpe ADD PRIMARY KEY (pos)', schema_name);
     EXECUTE format('ALTER TABLE %I.ln ADD PRIMARY KEY (tensor, layer)', schema_name);
     EXECUTE format('ALTER TABLE %I.conv1d ADD PRIMARY KEY (tensor, layer, chunk, col)', schema_name);
-    EXECUTE format('ANALYZE %I.wte, %I.wpe, %I.ln, %I.conv1d', schema_name, schema_name, schema_name, schema_name);
+    EXECUTE format('ALTER TABLE %I.bias ADD PRIMARY KEY (tensor, layer)', schema_name);
+    EXECUTE format('ANALYZE %I.wte, %I.wpe, %I.ln, %I.conv1d, %I.bias', schema_name, schema_name, schema_name,
+                   schema_name, schema_name);
 END
 $$;
 

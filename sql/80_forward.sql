@@ -5,41 +5,69 @@
 --   x = block_0(x) ... block_{n_layer-1}(x)             [n_seq, n_embd]
 --   logits = ln_f(x) @ wte^T                            [n_seq, n_vocab]  (tied LM head)
 --
--- gpt2.transformer(ids, pos0) runs NEW tokens at positions pos0.. through the model,
--- appending to this connection's KV cache (gpt2.kv_reset() empties it first when pos0 = 0):
--- a prefill is transformer(prompt, 0), a decode step transformer(ARRAY[token], n_past).
+-- gpt2.run(seqs, ids, positions) runs NEW tokens through the model: token ids[i] of
+-- sequence seqs[i] at position positions[i], appending to this connection's KV cache
+-- (sorted by sequence, then position; positions consecutive within a sequence).
+-- gpt2.transformer(ids, pos0) is the one-sequence form (sequence 0, positions pos0..; the
+-- cache is emptied first when pos0 = 0): a prefill is transformer(prompt, 0), a decode
+-- step transformer(ARRAY[token], n_past).
 
-CREATE OR REPLACE FUNCTION gpt2.embed(ids int[], pos0 int) RETURNS vector[]
-LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION gpt2.embed_at(ids int[], positions int[]) RETURNS vector[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     xs vector[];
 BEGIN
     SELECT array_agg(e.w::vector + p.w::vector ORDER BY u.t) INTO xs   -- [n_seq, n_embd]
-    FROM unnest(ids) WITH ORDINALITY AS u(id, t)
+    FROM unnest(ids, positions) WITH ORDINALITY AS u(id, pos, t)
     JOIN wte e ON e.token = u.id
-    JOIN wpe p ON p.pos = pos0 + u.t - 1;
+    JOIN wpe p ON p.pos = u.pos;
     IF coalesce(array_length(xs, 1), 0) <> coalesce(array_length(ids, 1), 0) THEN
-        RAISE EXCEPTION 'token id or position out of range for model "%" (ids %, first position %)',
-            (gpt2.current_model()).name, ids, pos0;
+        RAISE EXCEPTION 'token id or position out of range for model "%" (ids %, positions %)',
+            (gpt2.current_model()).name, ids, positions;
     END IF;
     RETURN xs;
 END
 $$;
 
+CREATE OR REPLACE FUNCTION gpt2.embed(ids int[], pos0 int) RETURNS vector[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT gpt2.embed_at(ids, ARRAY(SELECT pos0 + i - 1 FROM generate_series(1, cardinality(ids)) AS i))
+$$;
+
 -- The final hidden states (after ln_f) of the new positions.
-CREATE OR REPLACE FUNCTION gpt2.transformer(ids int[], pos0 int) RETURNS vector[]
+CREATE OR REPLACE FUNCTION gpt2.run(seqs int[], ids int[], positions int[]) RETURNS vector[]
 LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
-    xs vector[] := gpt2.embed(ids, pos0);
+    xs vector[] := gpt2.embed_at(ids, positions);
 BEGIN
-    IF pos0 = 0 THEN
-        PERFORM gpt2.kv_reset();
-    END IF;
     FOR layer IN 0 .. m.n_layer - 1 LOOP
-        xs := gpt2.block(layer, xs, pos0);
+        xs := gpt2.block(layer, seqs, positions, xs);
+        PERFORM gpt2.progress('layer', layer + 1, m.n_layer);
     END LOOP;
     RETURN gpt2.ln('ln_f', 0, xs);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.transformer(ids int[], pos0 int) RETURNS vector[]
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pos0 = 0 THEN
+        PERFORM gpt2.kv_drop(ARRAY[0]);
+    END IF;
+    RETURN gpt2.run(array_fill(0, ARRAY[cardinality(ids)]), ids,
+                    ARRAY(SELECT pos0 + i - 1 FROM generate_series(1, cardinality(ids)) AS i));
+END
+$$;
+
+-- Progress of long work, for clients that ask for it (the CLI's progress bars): with
+-- SET gpt2sql.progress = on, a NOTICE 'gpt2sql progress: <what> <done>/<total>'.
+CREATE OR REPLACE FUNCTION gpt2.progress(what text, done int, total int) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('gpt2sql.progress', true) = 'on' THEN
+        RAISE NOTICE 'gpt2sql progress: % %/%', what, done, total;
+    END IF;
 END
 $$;
 
@@ -69,3 +97,5 @@ BEGIN
                  FROM unnest(xs) WITH ORDINALITY AS u(x, t), gpt2.logits(u.x) AS l;
 END
 $$;
+
+ALTER FUNCTION gpt2.embed_at(int[], int[]) SET plan_cache_mode = force_generic_plan;

@@ -9,7 +9,7 @@
 --       one round trip per token: what the CLI does to stream. The prompt is processed
 --       (prefilled) by the first generate_next, or ahead of it in pieces by
 --       SELECT gpt2.generate_prefill(64) until it returns 0: the CLI's progress bar.
--- The state lives in temporary tables (gen_state, and kv_cache from stage 5), so every
+-- The state lives in temporary tables (gen_state, and the KV cache of stage 5), so every
 -- connection has its own generation and nothing is left behind when it disconnects.
 --
 -- Context window: a model sees at most n_positions tokens. When feeding the next token
@@ -132,7 +132,7 @@ BEGIN
               OR EXISTS (SELECT 1 FROM unnest(s.stop) AS w WHERE w <> '' AND strpos(gpt2.decode_bytes(s.generated), w) > 0);
     UPDATE gen_state SET ids = s.ids || tok, pending = tok, step = s.step, generated = s.generated, done = s.done;
     IF s.done THEN
-        TRUNCATE kv_cache;                              -- the cache is not needed any more
+        PERFORM gpt2.kv_reset();                        -- the cache is not needed any more
     END IF;
     RETURN QUERY SELECT s.step, tok, gpt2.decode_bytes(tok_bytes), tok_bytes, s.done;
 END

@@ -61,11 +61,14 @@ def test_each_stage_matches_reference(conn, models, config, dtype):
     assert_close("layer norm ln_1", vec("gpt2.ln('ln_1', 0, %s::vector[])", as_sql(ref["embed"])), ref["ln_1"], tol)
     assert_close("c_attn", vec("gpt2.linear('attn.c_attn', 0, %s::vector[])", as_sql(ref["ln_1"])), ref["qkv"], tol)
     conn.execute("SELECT gpt2.kv_reset()")
-    attn = vec("gpt2.linear('attn.c_proj', 0, gpt2.mha(0, %s::vector[], 0))", as_sql(ref["qkv"]))
+    n = len(ids)
+    attn = vec("gpt2.linear('attn.c_proj', 0, gpt2.mha(0, array_fill(0, ARRAY[%s]), ARRAY(SELECT generate_series(0, %s - 1)), %s::vector[]))",
+               n, n, as_sql(ref["qkv"]))
     assert_close("attention (mha + c_proj)", attn, ref["attn"], tol)
     assert_close("mlp", vec("gpt2.mlp(0, %s::vector[])", as_sql(ref["ln_2"])), ref["mlp"], tol)
     conn.execute("SELECT gpt2.kv_reset()")
-    assert_close("block 0", vec("gpt2.block(0, %s::vector[], 0)", as_sql(ref["embed"])), ref["block"], tol)
+    assert_close("block 0", vec("gpt2.block(0, array_fill(0, ARRAY[%s]), ARRAY(SELECT generate_series(0, %s - 1)), %s::vector[])",
+                                n, n, as_sql(ref["embed"])), ref["block"], tol)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -94,7 +97,7 @@ def test_kv_cache_decode_equals_full_forward(conn, models):
         stepwise.append(vectors(conn, name, "gpt2.transformer(%s, %s)", [ids[pos]], pos)[0])
     full = reference.stages(params, hparams, ids)["ln_f"][4:]
     assert_close("decode steps vs full forward", np.array(stepwise), full, TOLERANCE["float32"])
-    n_cached = conn.execute("SELECT count(DISTINCT pos) FROM kv_cache").fetchone()[0]
+    n_cached = conn.execute("SELECT count(DISTINCT pos) FROM kv_k").fetchone()[0]
     assert n_cached == len(ids)
 
 
