@@ -38,6 +38,19 @@ def _prefill(conn, n_prompt: int) -> None:
             left = now
 
 
+def _nonempty_stops(ctx, param, stops: tuple[str, ...]) -> tuple[str, ...]:
+    if "" in stops:  # every text contains '': it would stop before the first token
+        raise click.BadParameter("a stop string cannot be empty")
+    return stops
+
+
+def _check_top_k(ctx: click.Context, no_top_k: bool) -> None:
+    from click.core import ParameterSource
+
+    if no_top_k and ctx.get_parameter_source("top_k") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--top-k and --no-top-k exclude each other: give one", ctx)
+
+
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--model", "-m", help="Model to use. Default: the latest loaded (see gpt2sql models).")
@@ -47,18 +60,25 @@ def _prefill(conn, n_prompt: int) -> None:
               help="Softmax temperature; 0 is greedy decoding.")
 @click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
               help="Sample among the k most likely tokens.")
-@click.option("--no-top-k", is_flag=True, help="Sample among all tokens (no top-k cut).")
+@click.option("--no-top-k", is_flag=True, help="Sample among all tokens (no top-k cut); not with --top-k.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Nucleus sampling: the smallest set of tokens with this much probability.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Make the sampled tokens reproducible.")
-@click.option("--stop", multiple=True, help="Stop once the generated text contains this string (repeatable).")
+@click.option("--stop", multiple=True, callback=_nonempty_stops,
+              help="Stop once the generated text contains this string; the output ends with it (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per token: step, id, text.")
 @click.pass_context
 def generate_cmd(ctx, prompt, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json):
-    """Continue PROMPT ('-' reads it from standard input), printing tokens as they are computed."""
+    """Continue PROMPT, printing tokens as they are computed.
+
+    PROMPT '-' reads standard input verbatim, a final newline included (echo adds one;
+    printf '%s' does not). A --stop string ends the output, as in Hugging Face
+    transformers (OpenAI's API leaves it out).
+    """
     import codecs
     import json
 
+    _check_top_k(ctx, no_top_k)
     prompt = checked_text(read_stdin() if prompt == "-" else prompt)
     _ensure_model(ctx, model)
     conn = connection(ctx)

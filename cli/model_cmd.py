@@ -46,17 +46,23 @@ def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> 
 @click.option("--name", help="Name to load it under. Default: the repository or directory name.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Weight storage: pgvector vector (float32) or halfvec (float16, half the size, ~1.5x faster).")
-@click.option("--if-missing", is_flag=True, help="Do nothing when a model of that name is already loaded.")
+@click.option("--if-missing", is_flag=True,
+              help="Do nothing when a model of that name is already loaded with this --dtype (another dtype is reloaded).")
 @click.pass_context
 def load_cmd(ctx: click.Context, source: str, name: str | None, dtype: str, if_missing: bool) -> None:
-    """Load a GPT-2 checkpoint: a Hugging Face name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
-    distilgpt2, owner/repo) or a local directory with config.json and model.safetensors.
+    """Load a GPT-2 checkpoint: a Hugging Face name or a directory.
+
+    SOURCE: a Hugging Face name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2,
+    owner/repo) or a local directory with config.json and model.safetensors.
     Loading again under the same name replaces the model in one transaction."""
     if if_missing:
         wanted = name or _default_name(source)
-        if connection(ctx).execute("SELECT 1 FROM gpt2.models WHERE name = %s", (wanted,)).fetchone():
-            click.echo(f"{wanted} is already loaded", err=True)
+        row = connection(ctx).execute("SELECT dtype FROM gpt2.models WHERE name = %s", (wanted,)).fetchone()
+        if row and row[0] == dtype:
+            click.echo(f"{wanted} is already loaded ({dtype})", err=True)
             return
+        if row:  # e.g. docker compose with a new GPT2SQL_DTYPE: the name alone would keep the old weights
+            click.echo(f"{wanted} is loaded as {row[0]}: reloading it as {dtype}", err=True)
     name = load_into(ctx, source, name, dtype)
     click.echo(f"loaded {name}", err=True)
 
@@ -64,7 +70,9 @@ def load_cmd(ctx: click.Context, source: str, name: str | None, dtype: str, if_m
 @click.command("models")
 @click.pass_context
 def models_cmd(ctx: click.Context) -> None:
-    """List the loaded models with their sizes (* marks the default: the latest loaded)."""
+    """List the loaded models and their sizes.
+
+    * marks the default model: the latest loaded."""
     from gpt2sql.loader.model import list_models
 
     models = list_models(connection(ctx))

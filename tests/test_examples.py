@@ -1,38 +1,124 @@
-"""The psql walk-through in sql/examples/ runs, as written, against a loaded database."""
+"""The psql walk-through in sql/examples/ runs, as written, through `gpt2sql psql`, and
+prints what it says it does: checks that hold for any model (the test model is random)."""
 
 from __future__ import annotations
 
-import shutil
+import csv
+import io
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import synthetic
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "sql" / "examples").glob("*.sql"))
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "sql" / "examples"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.sql"))
+GPT2SQL = str(Path(sys.executable).parent / "gpt2sql")
 
 
 @pytest.fixture(scope="module")
-def url(runner, tmp_path_factory):
-    """A psql URL for the test database, with a small random model loaded as the default."""
-    if shutil.which("psql") is None:
-        pytest.fail("psql (the PostgreSQL client) is needed to run sql/examples: apt-get install postgresql-client")
+def model(runner, tmp_path_factory):
+    """A small random model, loaded last so that it is the default the examples use."""
     directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("examples"), **synthetic.CONFIGS["tiny"], seed=2)
     assert runner(["load", str(directory), "--name", "examples"]).exit_code == 0
-    result = runner(["db", "url", "--show-password"])
-    return result.output.strip()
+    return directory
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_runs_in_psql(url, example):
-    result = subprocess.run(["psql", url, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(example)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{example.name} failed:\n{result.stderr}"
-    assert "ERROR" not in result.stderr and "(0 rows)" not in result.stdout, result.stdout + result.stderr
+def run_example(dsn, name: str, *variables: str) -> dict[str, list[list[str]]]:
+    """Run sql/examples/NAME in psql (CSV output): {first column's name: [rows of each result]}.
+
+    CSV, because token texts may hold newlines and separators; each result starts with its
+    header row, so a header row (known from the file's SELECT lists) opens a new result.
+    """
+    args = [GPT2SQL, "--dsn", dsn, "psql", "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1"]
+    for variable in variables:
+        args += ["-v", variable]
+    done = subprocess.run(args + ["-f", str(EXAMPLES_DIR / name)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr}"
+    assert "ERROR" not in done.stderr, done.stderr
+    headers = {"piece_no", "ids", "ord", "name", "pos", "temperature", "tokens_in_nucleus", "step", "continuation",
+               "generate_start"}
+    results: dict[str, list[list[str]]] = {}
+    current = None
+    for row in csv.reader(io.StringIO(done.stdout)):
+        if row and row[0] in headers:
+            current = [row]
+            results.setdefault(row[0], []).append(current)
+        else:
+            current.append(row)
+    return {key: [run[1:] for run in runs] for key, runs in results.items()}
 
 
 def test_examples_cover_every_stage():
     names = " ".join(p.stem for p in EXAMPLES)
     for stage in ("tokenize", "embeddings", "attention", "next_token", "generate"):
         assert stage in names
+
+
+def test_01_tokenize_shows_the_merges(dsn, model):
+    out = run_example(dsn, "01_tokenize.sql")
+    trace = out["piece_no"][0]
+    assert [int(r[2]) for r in trace] == list(range(len(trace))), "steps 0, 1, 2, ..."
+    assert trace[-1][6] == "{ĠMississ,ipp,iless,ly}"
+    ranks = [int(r[4]) for r in trace[1:]]
+    assert ranks == sorted(ranks), "BPE merges the lowest rank first"
+    assert all(int(r[5]) == int(r[4]) + 256 for r in trace[1:]), "merged id = rank + 256"
+    assert out["ids"][0] == [["{12732,3974,30608,306}", " Mississippilessly"]]
+    assert [(int(r[1]), r[3]) for r in out["ord"][0]] == [(12732, " Mississ"), (3974, "ipp"), (30608, "iless"), (306, "ly")]
+
+
+def test_01_tokenize_takes_the_prompt_variable(dsn, model):
+    out = run_example(dsn, "01_tokenize.sql", "prompt=Hello world")
+    assert out["ids"][0] == [["{15496,995}", "Hello world"]]
+
+
+def test_02_embeddings_add_token_and_position(dsn, conn, model):
+    prompt = "Happy New Year! I wish"
+    out = run_example(dsn, "02_embeddings.sql", f"prompt={prompt}")
+    assert out["name"][0][0][0] == "examples"
+    rows = out["pos"][0]
+    ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
+    assert [int(r[0]) for r in rows] == list(range(len(ids))) and [int(r[1]) for r in rows] == ids
+    vec = lambda text: np.array(text.strip("[]").split(","), dtype=np.float64)  # noqa: E731
+    for pos, _id, _token, wte, wpe, x in rows:
+        assert np.allclose(vec(wte) + vec(wpe), vec(x), atol=1e-6), f"x != wte + wpe at position {pos}"
+
+
+def test_03_attention_rows_are_causal_distributions(dsn, conn, model):
+    prompt = "The cat sat on the mat because it"
+    out = run_example(dsn, "03_attention.sql", f"prompt={prompt}", "head=1")
+    rows = out["pos"][0]
+    assert len(rows) == len(conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0])
+    for pos, _token, weights in rows:
+        w = [float(v) for v in weights.split()]
+        assert len(w) == int(pos) + 1, "position t attends to positions 0..t"
+        assert abs(sum(w) - 1) <= 0.005 * len(w) + 1e-9, f"row {pos} sums to {sum(w)} (2 decimals each)"
+
+
+def test_04_next_token_temperature_sharpens(dsn, model):
+    out = run_example(dsn, "04_next_token.sql")
+    rows = out["temperature"][0]
+    by_t = {}
+    for t, rank, token, _text, logit, prob in rows:
+        by_t.setdefault(float(t), []).append((int(rank), int(token), float(logit), float(prob)))
+    assert sorted(by_t) == [0.5, 1.0, 2.0]
+    for t, ranked in by_t.items():
+        assert [r[0] for r in ranked] == list(range(1, 11))
+        probs = [r[3] for r in ranked]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-3, (t, probs)
+        assert [r[1:3] for r in ranked] == [r[1:3] for r in by_t[1.0]], "the same tokens and logits at every T"
+    assert by_t[0.5][0][3] > by_t[1.0][0][3] > by_t[2.0][0][3], "a lower temperature is sharper"
+    assert int(out["tokens_in_nucleus"][0][0][0]) >= 1
+
+
+def test_05_generate_streams_the_same_tokens(dsn, model):
+    out = run_example(dsn, "05_generate.sql")
+    greedy = out["step"][0]
+    assert [int(r[0]) for r in greedy] == list(range(1, 21))
+    assert out["continuation"][0][0][0].startswith("Happy New Year! I wish")
+    assert int(out["generate_start"][0][0][0]) == 6, "the prompt's length in tokens"
+    steps = [run[0] for run in out["step"][1:]]
+    assert [(int(r[0]), r[1], r[3]) for r in steps] == [(i + 1, greedy[i][1], "f") for i in range(3)]

@@ -47,7 +47,8 @@ def test_greedy_psql_function_equals_reference(conn, tiny):
     rows = conn.execute("SELECT step, id, text FROM gpt2.generate(%s, model => %s, max_tokens => %s, temperature => 0)",
                         (prompt, name, N_TOKENS)).fetchall()
     assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
-    assert [r[1] for r in rows] == expected[: len(rows)]
+    # all N_TOKENS, or up to the first <|endoftext|>: zero rows must not pass
+    assert [r[1] for r in rows] == (expected[: expected.index(50256) + 1] if 50256 in expected else expected)
     text = conn.execute("SELECT gpt2.complete(%s, model => %s, max_tokens => %s, temperature => 0)",
                         (prompt, name, N_TOKENS)).fetchone()[0]
     assert text == conn.execute("SELECT gpt2.detokenize(%s)", ([r[1] for r in rows],)).fetchone()[0]
@@ -106,10 +107,36 @@ def test_stop_string_ends_generation(conn, tiny):
     assert [r[0] for r in stopped] == [r[0] for r in rows[: first + 1]]
 
 
-def test_cli_streams_text(tiny, runner):
-    result = runner(["generate", "Hello", "--model", tiny[0], "-n", "5", "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    assert result.output.startswith("Hello") and len(result.output) > len("Hello")
+def test_cli_streams_text(dsn, conn, tiny):
+    """Tokens reach the reader while the rest are being computed. Events compared, no
+    clock: after the first token has been read, the CLI's connection starts another
+    query (seen in pg_stat_activity) before the process ends. A CLI that computed every
+    token before printing would start none."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    n, app = 60, f"gpt2sql-stream-test-{os.getpid()}"
+    started = "SELECT query_start FROM pg_stat_activity WHERE application_name = %s"
+    gpt2sql = str(Path(sys.executable).parent / "gpt2sql")
+    with subprocess.Popen([gpt2sql, "--dsn", dsn, "generate", "Hello", "--model", tiny[0], "-n", str(n), "-t", "0", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PGAPPNAME=app)) as proc:  # libpq names the CLI's connection
+        first = proc.stdout.readline()
+        at_first = conn.execute(started, (app,)).fetchone()
+        queried_after_first = False
+        while not queried_after_first and proc.poll() is None:
+            now = conn.execute(started, (app,)).fetchone()
+            queried_after_first = now is not None and now != at_first
+            time.sleep(0.005)  # a polling interval, not a measurement
+        out = first + proc.stdout.read()
+        assert proc.wait() == 0, proc.stderr.read()
+    tokens = [json.loads(line) for line in out.splitlines()]
+    assert [t["step"] for t in tokens] == list(range(1, len(tokens) + 1))
+    assert len(tokens) == n or tokens[-1]["id"] == 50256, f"{len(tokens)} tokens"
+    assert queried_after_first, "no query ran after the first token was printed: the output was not streamed"
 
 
 def test_generate_reads_prompt_from_stdin(tiny, runner):

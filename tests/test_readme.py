@@ -96,7 +96,7 @@ def test_readme_shell_lines_run(dsn, workdir):
     env = dict(os.environ, GPT2SQL_DSN=dsn, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     ran = 0
     for line in shell_lines():
-        if skipped_by(line) or not re.match(r"^(gpt2sql|psql|echo .*\| gpt2sql)", line):
+        if skipped_by(line) or not re.match(r"^(gpt2sql|psql|(echo|printf) .*\| gpt2sql)", line):
             continue
         result = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
                                 stdin=subprocess.DEVNULL)
@@ -107,13 +107,17 @@ def test_readme_shell_lines_run(dsn, workdir):
 
 
 def test_readme_tokenize_examples_print_what_readme_says(dsn, workdir):
+    """Lines ending in `# [ids]`, `# {ids}` (psql's array) or `# Hello world` print exactly that."""
     env = dict(os.environ, GPT2SQL_DSN=dsn, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    checked = 0
     for line in shell_lines():
-        expected = re.search(r"#\s*(\[[\d, ]+\]|Hello world)$", line)
+        expected = re.search(r"#\s*(\[[\d, ]+\]|\{[\d,]+\}|Hello world)$", line)
         if expected and line.startswith("gpt2sql "):
             out = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True,
                                  stdin=subprocess.DEVNULL).stdout
             assert out.strip() == expected[1], line
+            checked += 1
+    assert checked >= 3
 
 
 def test_readme_sql_runs(conn, workdir):

@@ -64,10 +64,12 @@ def test_detokenize(runner):
 def test_detokenize_bad_ids(runner):
     for args, message in (
         (["detokenize", "15496", "abc"], "not a token id: 'abc'"),
-        (["detokenize", "[15496, 9.5]"], "unknown token id 9.5"),
+        (["detokenize", "[15496, 9.5]"], "not a token id: 9.5"),
         (["detokenize", "[15496,"], "not a JSON array of token ids"),
-        (["detokenize", "50257"], "unknown token id 50257"),
-        (["detokenize", "-1"], "unknown token id -1"),
+        (["detokenize", "50257"], "unknown token id 50257 (token ids run from 0 to 50256)"),
+        (["detokenize", "-1"], "unknown token id -1 (token ids run from 0 to 50256)"),
+        (["detokenize", "[15496, -5]"], "unknown token id -5 (token ids run from 0 to 50256)"),
+        (["detokenize", str(2**40)], f"unknown token id {2**40} (token ids run from 0 to 50256)"),
     ):
         result = runner(args)
         assert result.exit_code == 1, (args, result.output)

@@ -1,18 +1,18 @@
 -- Example 1: byte-pair encoding, step by step (the essay's " Mississippilessly").
---   psql "$(gpt2sql db url)" -f sql/examples/01_tokenize.sql
---   psql "$(gpt2sql db url)" -v text='any text' -f sql/examples/01_tokenize.sql
-\if :{?text}
+--   gpt2sql psql -f sql/examples/01_tokenize.sql
+--   gpt2sql psql -v prompt='any text' -f sql/examples/01_tokenize.sql
+\if :{?prompt}
 \else
-\set text ' Mississippilessly'
+\set prompt ' Mississippilessly'
 \endif
 
 -- Every merge: which adjacent pair was joined, its rank (= merged id - 256), and the pieces after it.
-SELECT * FROM gpt2.tokenize_trace(:'text');
+SELECT * FROM gpt2.tokenize_trace(:'prompt');
 
 -- The result, and back again (byte-exact).
-SELECT gpt2.tokenize(:'text') AS ids, gpt2.detokenize(gpt2.tokenize(:'text')) AS text;
+SELECT gpt2.tokenize(:'prompt') AS ids, gpt2.detokenize(gpt2.tokenize(:'prompt')) AS text;
 
 -- Each token with its byte-level spelling (Ġ is the space byte) and its text.
 SELECT t.ord, t.id, v.token, gpt2.decode_bytes(v.bytes) AS text
-FROM unnest(gpt2.tokenize(:'text')) WITH ORDINALITY AS t(id, ord) JOIN gpt2.vocab v ON v.id = t.id
+FROM unnest(gpt2.tokenize(:'prompt')) WITH ORDINALITY AS t(id, ord) JOIN gpt2.vocab v ON v.id = t.id
 ORDER BY t.ord;

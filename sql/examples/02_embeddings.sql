@@ -1,5 +1,5 @@
 -- Example 2: token + position embeddings, the input of the first block.
---   psql "$(gpt2sql db url)" -v prompt='Happy New Year! I wish' -f sql/examples/02_embeddings.sql
+--   gpt2sql psql -v prompt='Happy New Year! I wish' -f sql/examples/02_embeddings.sql
 \if :{?prompt}
 \else
 \set prompt 'Happy New Year! I wish'
