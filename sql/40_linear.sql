@@ -94,3 +94,42 @@ ALTER FUNCTION gpt2.products_1(text, int, int, vector) SET enable_sort = off;
 ALTER FUNCTION gpt2.products_1(text, int, int, vector) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.products_16(text, int, int, vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.linear(text, int, vector[]) SET plan_cache_mode = force_generic_plan;
+
+-- The LM head, x . wte[token] for every token (tied to the embeddings): the same two
+-- kernels over wte, returning the logits as float8[] (n_vocab is beyond pgvector's 16000
+-- dimensions). head_products_1(x) -> [n_vocab]; head_products_%G(xs) -> [n, n_vocab].
+CREATE OR REPLACE FUNCTION gpt2.head_products_1(x vector) RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN ARRAY(SELECT -(e.w <#> q.x)
+                 FROM (SELECT x::wvec AS x OFFSET 0) AS q,       -- cast once, not once per row
+                      wte e
+                 ORDER BY e.token);
+END
+$$;
+
+DO $do$ BEGIN EXECUTE gpt2.unroll($template$
+CREATE OR REPLACE FUNCTION gpt2.head_products_%G(xs vector[]) RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    ys float8[];
+BEGIN
+    WITH x AS MATERIALIZED (                        -- [n / %G, %G] the positions in groups (NULL past the end)
+        SELECT g, {{xs[g * %G + @]::wvec AS x@}} FROM generate_series(0, (cardinality(xs) - 1) / %G) AS g
+    )
+    SELECT array_agg(u.y ORDER BY x.g, u.k) INTO ys
+    FROM x,
+    LATERAL (SELECT {{array_agg(-(e.w <#> x.x@) ORDER BY e.token) AS y@}} FROM wte e) AS p,   -- one pass over wte
+    LATERAL (VALUES {{(@, p.y@)}}) AS u(k, y)
+    WHERE x.g * %G + u.k <= cardinality(xs);
+    RETURN ys;
+END
+$$
+$template$, 16); END $do$;
+
+ALTER FUNCTION gpt2.head_products_1(vector) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.head_products_16(vector[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.head_products_1(vector) SET enable_bitmapscan = off;
+ALTER FUNCTION gpt2.head_products_16(vector[]) SET enable_bitmapscan = off;
+ALTER FUNCTION gpt2.head_products_1(vector) SET enable_sort = off;
+ALTER FUNCTION gpt2.head_products_16(vector[]) SET enable_sort = off;

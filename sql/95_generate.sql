@@ -1,157 +1,255 @@
--- Stage 10: generation: prefill once, then one decode step per token, with the KV cache.
+-- Stage 10: generation: prefill once, then one decode step per token, with the KV cache;
+-- for one prompt or a batch of prompts decoded together.
 --
--- NumPy twin: tests/reference.py generate (greedy) and the sampling rules of stage 9.
+-- NumPy twin: tests/reference.py generate_greedy (greedy) and the sampling rules of stage 9.
 --
--- Two ways to use it:
+-- Ways to use it:
 --   SELECT * FROM gpt2.generate('Happy New Year! I wish', max_tokens => 20, temperature => 0);
 --       all tokens at once (PL/pgSQL returns a set only when the function ends);
 --   SELECT gpt2.generate_start('...', ...);  then  SELECT * FROM gpt2.generate_next();  per token
 --       one round trip per token: what the CLI does to stream. The prompt is processed
 --       (prefilled) by the first generate_next, or ahead of it in pieces by
---       SELECT gpt2.generate_prefill(64) until it returns 0: the CLI's progress bar.
--- The state lives in temporary tables (gen_state, and the KV cache of stage 5), so every
+--       SELECT gpt2.generate_prefill(256) until it returns 0.
+--   SELECT * FROM gpt2.generate_batch(ARRAY['...', '...'], ...);  (and generate_batch_start /
+--       generate_batch_next): many prompts decoded together, each with its own cache,
+--       length, stop condition and end; every weight row is read once per step for all of
+--       them (the kernels of stage 4 take up to 16 positions per pass).
+-- The state lives in temporary tables (gen_seq, and the KV cache of stage 5), so every
 -- connection has its own generation and nothing is left behind when it disconnects.
 --
+-- Each prompt is a sequence (seq = prompt number - 1) with its own state row:
+--   ids[window_start:]   the tokens the model sees; the first n_cached are in the KV cache;
+--   x                    the final hidden state of the last one cached;
+--   pending              the token chosen last step, fed through the model at the START of
+--                        the next one, so a token is returned as soon as it is chosen (and
+--                        the last token of a generation costs no forward pass).
 -- Context window: a model sees at most n_positions tokens. When feeding the next token
--- would pass that, the window slides: the KV cache is rebuilt from the last
--- n_positions / 2 tokens (one prefill), and decoding goes on from there. A prompt longer
--- than n_positions starts from its last n_positions tokens.
--- State: ids[window_start:] are the tokens the model sees; the first n_cached of them
--- are in the KV cache; x is the final hidden state of the last one cached.
---
--- subtle: the token just sampled is fed through the model at the START of the next
---   call ("pending"), so a token is returned as soon as it is chosen, and the last token
---   of a generation costs no forward pass.
+-- would pass that, the window slides: the cache is rebuilt from the last n_positions / 2
+-- tokens (one prefill) and decoding goes on. A prompt longer than n_positions starts from
+-- its last n_positions tokens. tests/reference.py generate_greedy follows the same rule.
+-- A seed means the same alone or in a batch: prompt i draws from gpt2.uniform(seed, step).
 
 CREATE OR REPLACE FUNCTION gpt2.eos_id() RETURNS int
 LANGUAGE sql STABLE AS $$
     SELECT id FROM gpt2.vocab WHERE token = '<|endoftext|>'
 $$;
 
-CREATE OR REPLACE FUNCTION gpt2.generate_start(
-    prompt text, model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
-    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL)
-RETURNS int    -- the prompt's length in tokens
+-- The most prompts one batch takes: each holds a KV cache and a row of every kernel pass;
+-- for more, call once per slice of prompts (README: "Many prompts at once").
+CREATE OR REPLACE FUNCTION gpt2.batch_limit() RETURNS int
+LANGUAGE sql IMMUTABLE AS $$ SELECT 64 $$;
+
+CREATE OR REPLACE FUNCTION gpt2.generate_batch_start(
+    prompts text[], model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
+    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL,
+    top_logprobs int DEFAULT 0)
+RETURNS int[]    -- each prompt's length in tokens
 LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models;
-    ids int[];
-    first int;
+    lengths int[];
 BEGIN
     IF max_tokens IS NULL OR max_tokens < 1 THEN RAISE EXCEPTION 'max_tokens must be >= 1, got %', max_tokens; END IF;
-    IF temperature IS NULL OR NOT temperature >= 0 THEN RAISE EXCEPTION 'temperature must be >= 0, got %', temperature; END IF;
+    IF temperature IS NULL OR NOT (temperature >= 0 AND temperature < 'Infinity') THEN
+        RAISE EXCEPTION 'temperature must be >= 0 and finite, got %', temperature;    -- (NaN > every number in SQL)
+    END IF;
     IF top_k IS NOT NULL AND top_k < 1 THEN RAISE EXCEPTION 'top_k must be >= 1 (or NULL for all tokens), got %', top_k; END IF;
     IF top_p IS NULL OR NOT (top_p > 0 AND top_p <= 1) THEN RAISE EXCEPTION 'top_p must be in (0, 1], got %', top_p; END IF;
+    IF top_logprobs IS NULL OR top_logprobs < 0 OR top_logprobs > 20 THEN
+        RAISE EXCEPTION 'top_logprobs must be between 0 and 20, got %', top_logprobs;
+    END IF;
+    IF prompts IS NULL OR cardinality(prompts) = 0 THEN RAISE EXCEPTION 'no prompts given'; END IF;
+    IF array_position(prompts, NULL) IS NOT NULL THEN RAISE EXCEPTION 'prompt % is NULL', array_position(prompts, NULL); END IF;
+    IF cardinality(prompts) > gpt2.batch_limit() THEN
+        RAISE EXCEPTION 'a batch takes at most % prompts, got %', gpt2.batch_limit(), cardinality(prompts)
+            USING HINT = 'call once per slice of the prompts (README: "Many prompts at once")';
+    END IF;
     m := gpt2.use_model(model, true);
-    ids := coalesce(gpt2.tokenize(prompt), '{}');
-    IF cardinality(ids) = 0 THEN
-        ids := ARRAY[gpt2.eos_id()];     -- as Hugging Face does: an empty prompt starts at <|endoftext|>
-    END IF;
-    first := greatest(1, cardinality(ids) - m.n_positions + 1);
 
-    IF to_regclass('pg_temp.gen_state') IS NULL THEN
-        CREATE TEMPORARY TABLE gen_state (
-            model text, ids int[], window_start int, n_cached int, pending int, x vector,
-            step int, max_tokens int, temperature float8, top_k int, top_p float8, seed bigint,
-            stop text[], generated bytea, done boolean);
+    IF to_regclass('pg_temp.gen_seq') IS NULL THEN
+        CREATE TEMPORARY TABLE gen_seq (
+            seq int PRIMARY KEY, model text, loaded_at timestamptz, ids int[], window_start int, n_cached int,
+            pending int, x vector, step int, max_tokens int, temperature float8, top_k int, top_p float8,
+            seed bigint, stop text[], top_logprobs int, generated bytea, done boolean);
     END IF;
-    TRUNCATE gen_state;
-    INSERT INTO gen_state VALUES (
-        m.name, ids, first, 0, NULL, NULL,    -- nothing cached yet: see generate_prefill
-        0, max_tokens, temperature, top_k, top_p, coalesce(seed, floor(random() * 2147483647)::bigint),
-        stop, ''::bytea, false);
-    RETURN cardinality(ids);
+    TRUNCATE gen_seq;
+    PERFORM gpt2.kv_reset();
+    INSERT INTO gen_seq
+    SELECT p.i - 1, m.name, m.loaded_at, t.ids,
+           greatest(1, cardinality(t.ids) - m.n_positions + 1), 0, NULL, NULL,   -- nothing cached yet
+           0, max_tokens, temperature, top_k, top_p, coalesce(seed, floor(random() * 2147483647)::bigint),
+           stop, top_logprobs, ''::bytea, false
+    FROM unnest(prompts) WITH ORDINALITY AS p(prompt, i),
+         LATERAL (SELECT CASE WHEN cardinality(coalesce(gpt2.tokenize(p.prompt), '{}')) = 0
+                              THEN ARRAY[gpt2.eos_id()]   -- as Hugging Face: an empty prompt starts at <|endoftext|>
+                              ELSE gpt2.tokenize(p.prompt) END AS ids) AS t;
+    SELECT array_agg(cardinality(g.ids) ORDER BY g.seq) INTO lengths FROM gen_seq g;
+    RETURN lengths;
 END
 $$;
 
--- Run up to n (default: all) of the window's tokens that are not cached yet through the
--- model; returns how many are left. Stopping between calls is safe: the cache and x
--- always describe the first n_cached tokens of the window.
-CREATE OR REPLACE FUNCTION gpt2.generate_prefill(n int DEFAULT NULL) RETURNS int
+CREATE OR REPLACE FUNCTION gpt2.generate_start(
+    prompt text, model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
+    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL,
+    top_logprobs int DEFAULT 0)
+RETURNS int    -- the prompt's length in tokens
+LANGUAGE sql AS $$
+    SELECT (gpt2.generate_batch_start(ARRAY[prompt], model, max_tokens, temperature, top_k, top_p, seed, stop,
+                                      top_logprobs))[1]
+$$;
+DROP FUNCTION IF EXISTS gpt2.generate_start(text, text, int, float8, int, float8, bigint, text[]);  -- earlier signature
+
+-- A one-line error unless this connection has a generation in progress; selects its model,
+-- and stops with a clear error if the model was dropped or loaded again since it started
+-- (a generation never goes on with other weights than it began with).
+DROP FUNCTION IF EXISTS gpt2.require_generation();    -- (returned void in earlier releases)
+CREATE OR REPLACE FUNCTION gpt2.require_generation() RETURNS gpt2.models
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
-    todo int;
-    take int;
+    m gpt2.models;
 BEGIN
-    PERFORM gpt2.require_generation();
-    SELECT * INTO s FROM gen_state;
-    PERFORM gpt2.use_model(s.model, true);
-    todo := cardinality(s.ids) - s.window_start + 1 - s.n_cached;
-    take := least(todo, coalesce(n, todo));
-    IF take > 0 THEN
-        UPDATE gen_state SET n_cached = s.n_cached + take,
-               x = (SELECT xs[array_upper(xs, 1)] FROM gpt2.transformer(
-                        s.ids[s.window_start + s.n_cached : s.window_start + s.n_cached + take - 1], s.n_cached) AS xs);
-    END IF;
-    RETURN todo - greatest(take, 0);
-END
-$$;
-
--- A one-line error unless this connection has a generation (gen_state) in progress.
-CREATE OR REPLACE FUNCTION gpt2.require_generation() RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF to_regclass('pg_temp.gen_state') IS NULL OR NOT EXISTS (SELECT 1 FROM gen_state) THEN
+    IF to_regclass('pg_temp.gen_seq') IS NULL THEN
         RAISE EXCEPTION 'no generation in progress on this connection' USING HINT = 'call gpt2.generate_start(prompt, ...) first';
     END IF;
+    EXECUTE 'SELECT model, loaded_at FROM pg_temp.gen_seq LIMIT 1' INTO s;      -- (dynamic: the table may not exist at compile time)
+    IF s IS NULL THEN
+        RAISE EXCEPTION 'no generation in progress on this connection' USING HINT = 'call gpt2.generate_start(prompt, ...) first';
+    END IF;
+    SELECT * INTO m FROM gpt2.models WHERE name = s.model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" was dropped during the generation', s.model;
+    ELSIF m.loaded_at <> s.loaded_at THEN
+        RAISE EXCEPTION 'model "%" was loaded again during the generation: its weights changed, start again', s.model;
+    END IF;
+    RETURN gpt2.use_model(s.model, true);
 END
 $$;
 
-CREATE OR REPLACE FUNCTION gpt2.generate_next()
-RETURNS TABLE (step int, id int, text text, bytes bytea, done boolean)
+-- Run the uncached tokens of the windows through the model, up to n (default: all) per
+-- sequence, all sequences together; returns how many are left. Stopping between calls is
+-- safe: the cache and x always describe the first n_cached tokens of each window.
+CREATE OR REPLACE FUNCTION gpt2.generate_prefill(n int DEFAULT NULL) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
-    s record;            -- the gen_state row (a temporary table: no type to declare at compile time)
-    m gpt2.models;
-    tok int;
-    tok_bytes bytea;
+    r record;
+    xs vector[];
 BEGIN
     PERFORM gpt2.require_generation();
-    SELECT * INTO s FROM gen_state;
-    IF s.done THEN
-        RETURN;
+    SELECT array_agg(t.seq ORDER BY t.seq, t.pos) AS seqs, array_agg(t.id ORDER BY t.seq, t.pos) AS ids,
+           array_agg(t.pos ORDER BY t.seq, t.pos) AS positions INTO r
+    FROM gen_seq g,
+         LATERAL (SELECT g.seq, g.ids[g.window_start + j] AS id, j AS pos     -- window position j
+                  FROM generate_series(g.n_cached,
+                                       least(cardinality(g.ids) - g.window_start, g.n_cached + coalesce(n, cardinality(g.ids)) - 1)) AS j) AS t
+    WHERE NOT g.done AND g.pending IS NULL;
+    IF r.seqs IS NOT NULL THEN
+        xs := gpt2.run(r.seqs, r.ids, r.positions);
+        UPDATE gen_seq g SET x = l.x, n_cached = l.pos + 1              -- the last position of each sequence
+        FROM (SELECT DISTINCT ON (u.s) u.s, u.p AS pos, u.x FROM unnest(r.seqs, r.positions, xs) AS u(s, p, x)
+              ORDER BY u.s, u.p DESC) AS l
+        WHERE g.seq = l.s;
     END IF;
-    m := gpt2.use_model(s.model, true);
-
-    IF s.pending IS NOT NULL THEN                       -- feed the token chosen last time
-        IF s.n_cached >= m.n_positions THEN             -- the window slides (see the header)
-            UPDATE gen_state SET window_start = cardinality(s.ids) - m.n_positions / 2 + 1, n_cached = 0;
-        ELSE
-            UPDATE gen_state SET x = (gpt2.transformer(ARRAY[s.pending], s.n_cached))[1], n_cached = s.n_cached + 1;
-        END IF;
-    END IF;
-    PERFORM gpt2.generate_prefill();                    -- the prompt, or a slid window
-    SELECT * INTO s FROM gen_state;
-
-    tok := gpt2.sample(s.x, s.temperature, s.top_k, s.top_p, gpt2.uniform(s.seed, s.step));
-    tok_bytes := (SELECT v.bytes FROM gpt2.vocab v WHERE v.id = tok);
-    s.step := s.step + 1;
-    s.generated := s.generated || coalesce(tok_bytes, '');
-    s.done := tok = gpt2.eos_id() OR s.step >= s.max_tokens
-              OR EXISTS (SELECT 1 FROM unnest(s.stop) AS w WHERE w <> '' AND strpos(gpt2.decode_bytes(s.generated), w) > 0);
-    UPDATE gen_state SET ids = s.ids || tok, pending = tok, step = s.step, generated = s.generated, done = s.done;
-    IF s.done THEN
-        PERFORM gpt2.kv_reset();                        -- the cache is not needed any more
-    END IF;
-    RETURN QUERY SELECT s.step, tok, gpt2.decode_bytes(tok_bytes), tok_bytes, s.done;
+    RETURN (SELECT coalesce(sum(cardinality(g.ids) - g.window_start + 1 - g.n_cached), 0)
+            FROM gen_seq g WHERE NOT g.done AND g.pending IS NULL);
 END
 $$;
 
--- Every generated token of one prompt, for psql: (step, id, text).
+-- One step of every unfinished sequence: feed the pending token (or slide the window),
+-- finish the prefill, choose the next token. One row per sequence that got a token.
+CREATE OR REPLACE FUNCTION gpt2.generation_step()
+RETURNS TABLE (seq int, step int, id int, text text, bytes bytea, done boolean, logprob float8, top jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.require_generation();
+    r record;
+    xs vector[];
+    logits float8[];                                     -- [n_active, n_vocab]
+BEGIN
+    UPDATE gen_seq g SET window_start = cardinality(g.ids) - m.n_positions / 2 + 1, n_cached = 0, pending = NULL
+    WHERE NOT g.done AND g.pending IS NOT NULL AND g.n_cached >= m.n_positions;   -- the window slides (see the header)
+    IF FOUND THEN
+        PERFORM gpt2.kv_drop(ARRAY(SELECT g.seq FROM gen_seq g WHERE NOT g.done AND g.n_cached = 0));
+        PERFORM gpt2.progress('slide', 0, 1);
+    END IF;
+
+    SELECT array_agg(g.seq ORDER BY g.seq) AS seqs, array_agg(g.pending ORDER BY g.seq) AS ids,
+           array_agg(g.n_cached ORDER BY g.seq) AS positions INTO r
+    FROM gen_seq g WHERE NOT g.done AND g.pending IS NOT NULL;
+    IF r.seqs IS NOT NULL THEN                           -- feed the tokens chosen last step
+        xs := gpt2.run(r.seqs, r.ids, r.positions);
+        UPDATE gen_seq g SET x = u.x, n_cached = g.n_cached + 1, pending = NULL
+        FROM unnest(r.seqs, xs) AS u(s, x) WHERE g.seq = u.s;
+    END IF;
+    PERFORM gpt2.generate_prefill();                     -- prompts, slid windows
+
+    SELECT array_agg(g.seq ORDER BY g.seq) AS seqs, array_agg(g.x ORDER BY g.seq) AS xs INTO r
+    FROM gen_seq g WHERE NOT g.done;
+    IF r.seqs IS NULL THEN
+        RETURN;
+    END IF;
+    logits := gpt2.head(r.xs);
+    RETURN QUERY
+    WITH chosen AS (                                     -- [n_active] the draw, and what it was drawn from
+        SELECT g.seq, g.step + 1 AS step, l.logits, gpt2.logsumexp(l.logits) AS lse,
+               gpt2.choose(l.logits, g.temperature, g.top_k, g.top_p, gpt2.uniform(g.seed, g.step)) AS id
+        FROM unnest(r.seqs) WITH ORDINALITY AS u(s, i)
+        JOIN gen_seq g ON g.seq = u.s,
+        LATERAL (SELECT logits[u.i:u.i] AS logits) AS l
+    ), advanced AS (
+        UPDATE gen_seq g SET ids = g.ids || c.id, pending = c.id, step = c.step,
+               generated = g.generated || coalesce(v.bytes, ''::bytea),
+               done = c.id = gpt2.eos_id() OR c.step >= g.max_tokens
+                      OR EXISTS (SELECT FROM unnest(g.stop) AS w
+                                 WHERE w <> '' AND strpos(gpt2.decode_bytes(g.generated || coalesce(v.bytes, ''::bytea)), w) > 0)
+        FROM chosen c LEFT JOIN gpt2.vocab v ON v.id = c.id
+        WHERE g.seq = c.seq
+        RETURNING g.seq, g.done
+    )
+    SELECT c.seq, c.step, c.id, gpt2.decode_bytes(v.bytes), v.bytes, a.done,
+           c.logits[1][c.id + 1] - c.lse,
+           CASE WHEN g.top_logprobs > 0 THEN gpt2.top_logprobs(c.logits, g.top_logprobs, c.lse) END
+    FROM chosen c JOIN advanced a USING (seq) JOIN gen_seq g USING (seq) LEFT JOIN gpt2.vocab v ON v.id = c.id
+    ORDER BY c.seq;
+    IF NOT EXISTS (SELECT FROM gen_seq g WHERE NOT g.done) THEN
+        PERFORM gpt2.kv_reset();                         -- the cache is not needed any more
+    END IF;
+END
+$$;
+
+DO $$ BEGIN   -- earlier releases returned fewer columns: drop that version first
+    IF (SELECT pg_get_function_result(oid) FROM pg_proc WHERE oid = to_regprocedure('gpt2.generate_next()')) NOT LIKE '%top jsonb%' THEN
+        DROP FUNCTION gpt2.generate_next();
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION gpt2.generate_next()
+RETURNS TABLE (step int, id int, text text, bytes bytea, done boolean, logprob float8, top jsonb)
+LANGUAGE sql AS $$
+    SELECT s.step, s.id, s.text, s.bytes, s.done, s.logprob, s.top FROM gpt2.generation_step() AS s WHERE s.seq = 0
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.generate_batch_next()
+RETURNS TABLE (prompt int, step int, id int, text text, bytes bytea, done boolean, logprob float8, top jsonb)
+LANGUAGE sql AS $$
+    SELECT s.seq + 1, s.step, s.id, s.text, s.bytes, s.done, s.logprob, s.top FROM gpt2.generation_step() AS s
+$$;
+
+-- Every generated token of one prompt, for psql: (step, id, text, logprob, top).
+DROP FUNCTION IF EXISTS gpt2.generate(text, text, int, float8, int, float8, bigint, text[]);  -- earlier signature
 CREATE OR REPLACE FUNCTION gpt2.generate(
     prompt text, model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
-    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL)
-RETURNS TABLE (step int, id int, text text)
+    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL,
+    top_logprobs int DEFAULT 0)
+RETURNS TABLE (step int, id int, text text, logprob float8, top jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
-    PERFORM gpt2.generate_start(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop);
+    PERFORM gpt2.generate_start(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop, top_logprobs);
     LOOP
         SELECT * INTO r FROM gpt2.generate_next();
         EXIT WHEN NOT FOUND;
-        step := r.step; id := r.id; text := r.text;
+        step := r.step; id := r.id; text := r.text; logprob := r.logprob; top := r.top;
         RETURN NEXT;
         EXIT WHEN r.done;
     END LOOP;
@@ -167,4 +265,39 @@ RETURNS text
 LANGUAGE sql AS $$
     SELECT gpt2.detokenize(array_agg(g.id ORDER BY g.step))
     FROM gpt2.generate(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop) AS g
+$$;
+
+-- Many prompts decoded together: (prompt, step, id, text), prompt the 1-based index into
+-- prompts. Each prompt's tokens are those gpt2.generate gives it alone with the same knobs.
+CREATE OR REPLACE FUNCTION gpt2.generate_batch(
+    prompts text[], model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
+    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL)
+RETURNS TABLE (prompt int, step int, id int, text text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n int;
+BEGIN
+    PERFORM gpt2.generate_batch_start(prompts, model, max_tokens, temperature, top_k, top_p, seed, stop);
+    LOOP
+        n := 0;
+        FOR r IN SELECT * FROM gpt2.generate_batch_next() LOOP
+            prompt := r.prompt; step := r.step; id := r.id; text := r.text; n := n + 1;
+            RETURN NEXT;
+        END LOOP;
+        EXIT WHEN n = 0;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.complete_batch(
+    prompts text[], model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
+    top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL)
+RETURNS text[]
+LANGUAGE sql AS $$
+    SELECT array_agg(coalesce(c.text, '') ORDER BY p.i)
+    FROM generate_series(1, cardinality(prompts)) AS p(i)
+    LEFT JOIN (SELECT g.prompt, gpt2.detokenize(array_agg(g.id ORDER BY g.step)) AS text
+               FROM gpt2.generate_batch(prompts, model, max_tokens, temperature, top_k, top_p, seed, stop) AS g
+               GROUP BY g.prompt) AS c ON c.prompt = p.i
 $$;
