@@ -289,3 +289,61 @@ def test_server_without_pgvector_is_one_line(server_without_pgvector):
     status = invoke(["--dsn", server_without_pgvector, "db", "status"])  # only reads: says so, and works
     assert status.exit_code == 0 and "pgvector:   (not installed in this database)" in status.stdout, status.output
 
+
+# --- the tests never reach the user's database -----------------------------------------
+
+def test_only_gpt2sql_test_dsn_names_a_test_database():
+    from conftest import dsn_from_environment
+
+    assert dsn_from_environment({"GPT2SQL_DSN": "postgresql://me@localhost/mine", "PGHOST": "localhost"}) is None
+    assert dsn_from_environment({"GPT2SQL_TEST_DSN": "dbname=scratch", "GPT2SQL_DSN": "dbname=mine"}) == "dbname=scratch"
+
+
+def test_the_session_environment_names_no_user_server():
+    """Every CLI run, subprocess and README command in this session inherits this environment."""
+    left = [name for name in os.environ if name in ("GPT2SQL_DSN",) or (name.startswith("PG") and not name.startswith("PGSERVER_"))]
+    assert not left, f"still in the environment: {left}"
+    for name in ("GPT2SQL_DATA", "TIKTOKEN_CACHE_DIR", "HF_HOME"):
+        assert Path(os.environ[name]).parent.name.startswith("gpt2sql-tests-"), (name, os.environ[name])
+
+
+@pytest.mark.slow
+def test_a_pytest_run_never_uses_gpt2sql_dsn(tmp_path):
+    """A user's shell with GPT2SQL_DSN and PG* set (README's compose setup), and an embedded
+    data directory: a test run reaches none of them. A listener stands in for the server."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    reached = []
+
+    def accept():
+        while True:
+            try:
+                reached.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text((Path(__file__).with_name("conftest.py")).read_text())
+    (inner / "test_inner.py").write_text(
+        "def test_cli_and_connection(runner, conn):\n"
+        "    assert runner(['tokenize', 'hello']).stdout.strip() == '[31373]'\n"
+        "    assert conn.execute('SELECT gpt2.tokenize(%s)', ('hello',)).fetchone()[0] == [31373]\n"
+    )
+    user_data = tmp_path / "users-embedded-pgdata"
+    env = {k: v for k, v in os.environ.items() if k != "GPT2SQL_TEST_DSN"}
+    env.update(GPT2SQL_DSN=f"postgresql://me:pw@127.0.0.1:{port}/mine?connect_timeout=3", PGHOST="127.0.0.1",
+               PGPORT=str(port), PGDATABASE="mine", GPT2SQL_DATA=str(user_data))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(inner)],
+                              cwd=inner, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "gpt2sql test database: embedded server" in done.stdout
+    assert not reached, "the test run connected to the server in GPT2SQL_DSN / PGHOST"
+    assert not user_data.exists(), "the test run used the embedded server in GPT2SQL_DATA"
