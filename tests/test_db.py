@@ -301,7 +301,10 @@ def test_only_gpt2sql_test_dsn_names_a_test_database():
 
 def test_the_session_environment_names_no_user_server():
     """Every CLI run, subprocess and README command in this session inherits this environment."""
-    left = [name for name in os.environ if name in ("GPT2SQL_DSN",) or (name.startswith("PG") and not name.startswith("PGSERVER_"))]
+    from conftest import scrubbed
+
+    assert scrubbed("GPT2SQL_DSN") and scrubbed("PGHOST") and scrubbed("PGSERVICEFILE") and not scrubbed("PGSERVER_X")
+    left = [name for name in os.environ if scrubbed(name) and name != "GPT2SQL_DATA"]
     assert not left, f"still in the environment: {left}"
     for name in ("GPT2SQL_DATA", "TIKTOKEN_CACHE_DIR", "HF_HOME"):
         assert Path(os.environ[name]).parent.name.startswith("gpt2sql-tests-"), (name, os.environ[name])
@@ -339,7 +342,8 @@ def test_a_pytest_run_never_uses_gpt2sql_dsn(tmp_path):
     env.update(GPT2SQL_DSN=f"postgresql://me:pw@127.0.0.1:{port}/mine?connect_timeout=3", PGHOST="127.0.0.1",
                PGPORT=str(port), PGDATABASE="mine", GPT2SQL_DATA=str(user_data))
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(inner)],
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               f"--basetemp={tmp_path / 'basetemp'}", str(inner)],
                               cwd=inner, env=env, capture_output=True, text=True, timeout=600)
     finally:
         listener.close()
