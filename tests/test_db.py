@@ -1,5 +1,6 @@
 """Connection conventions: --dsn / GPT2SQL_DSN, libpq's PG* variables, `db url` for psql,
-masked passwords, and one-line errors (bad DSN, a server without pgvector)."""
+masked passwords, read-only commands that write nothing, one-line errors (bad DSN, a
+server without pgvector), and tests that never reach the user's own database."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_db_status(runner, conn):
     result = runner(["db", "status"])
     assert result.exit_code == 0, result.output
     fields = dict(line.split(":", 1) for line in result.stdout.splitlines())
-    assert fields["server"].strip() == "external"  # GPT2SQL_DSN is set by the fixture
+    assert fields["server"].strip() == "external"  # the runner passes --dsn
     assert fields["postgresql"].strip() == conn.execute("SHOW server_version").fetchone()[0]
     assert fields["pgvector"].strip() == conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
     assert "models" in fields
@@ -53,6 +54,54 @@ def test_db_url_works_in_psql(runner):
         pytest.skip("no psql client on this machine")
     done = subprocess.run([psql, url, "-XAtc", "select 1"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+
+
+@pytest.fixture
+def empty_database(dsn, conn):
+    """A new database with nothing in it (no pgvector, no gpt2 schema); its DSN."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    name = f"gpt2sql_empty_{os.getpid()}"
+    try:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.InsufficientPrivilege as e:
+        pytest.skip(f"cannot create a database on the test server: {e.diag.message_primary}")
+    try:
+        yield make_conninfo(dsn, dbname=name)
+    finally:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_read_only_commands_write_nothing(empty_database):
+    """db url and db status on a database gpt2sql never used: they work in a read-only
+    session, and afterwards there is still no extension, schema or tokenizer."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    read_only = make_conninfo(empty_database, options="-c default_transaction_read_only=on")
+    url = invoke(["--dsn", read_only, "db", "url"])
+    status = invoke(["--dsn", read_only, "db", "status"])
+    assert url.exit_code == status.exit_code == 0, url.output + status.output
+    assert "pgvector:   (not installed in this database)" in status.stdout
+    assert "models:     (no gpt2 schema yet" in status.stdout
+    with psycopg.connect(empty_database) as c:
+        assert c.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'gpt2'").fetchone()[0] == 0
+
+
+def test_first_uses_at_once_on_a_fresh_database(empty_database):
+    """Six first connections at once each create pgvector, the schema and the tokenizer if
+    missing; the losers wait for the winner instead of failing (duplicate key)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_use(_):
+        with db.connect(empty_database) as c:
+            return c.execute("SELECT gpt2.tokenize('hello')").fetchone()[0]
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(first_use, range(6))) == [[31373]] * 6
 
 
 # --- passwords ---------------------------------------------------------------------------
@@ -161,6 +210,24 @@ def test_bad_dsn_in_a_real_process():
     assert done.stderr.startswith("error: cannot connect to PostgreSQL") and "pw@" not in done.stderr
 
 
+@pytest.mark.parametrize("bad", ["host=\udcff", "postgresql://u\udcfe@h/d", "host=h\x00"])
+def test_dsn_that_is_not_utf8_is_one_line(bad):
+    """Bytes that are not UTF-8 reach click as lone surrogates; a NUL cannot reach libpq."""
+    result = invoke(["--dsn", bad, "db", "url"])
+    assert_one_line_error(result, "--dsn / GPT2SQL_DSN")
+
+
+def test_dsn_that_is_not_utf8_in_a_real_process():
+    exe = Path(sys.executable).with_name("gpt2sql")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}")
+    for args, env in [([b"--dsn", b"host=\xff"], {}), ([], {b"GPT2SQL_DSN": b"host=\xfe"})]:
+        done = subprocess.run([exe, *args, "db", "url"], capture_output=True, timeout=60,
+                              env={**os.environb, **env})
+        assert done.returncode == 1 and done.stdout == b"", done.stderr
+        assert done.stderr == b"error: --dsn / GPT2SQL_DSN is not valid UTF-8\n", done.stderr
+
+
 @pytest.fixture(scope="module")
 def server_without_pgvector():
     """A throwaway system PostgreSQL (Debian's, no pgvector) on a Unix socket in a temp dir."""
@@ -216,6 +283,71 @@ def test_server_without_pgvector_is_one_line(server_without_pgvector):
         if c.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone():
             pytest.skip("this system PostgreSQL has pgvector installed")
         major = c.execute("SHOW server_version_num").fetchone()[0][:2]
-    result = invoke(["--dsn", server_without_pgvector, "db", "status"])
+    result = invoke(["--dsn", server_without_pgvector, "tokenize", "hello"])
     assert_one_line_error(result, "this PostgreSQL server has no pgvector extension")
     assert f"apt install postgresql-{major}-pgvector" in result.stderr
+    status = invoke(["--dsn", server_without_pgvector, "db", "status"])  # only reads: says so, and works
+    assert status.exit_code == 0 and "pgvector:   (not installed in this database)" in status.stdout, status.output
+
+
+# --- the tests never reach the user's database -----------------------------------------
+
+def test_only_gpt2sql_test_dsn_names_a_test_database():
+    from conftest import dsn_from_environment
+
+    assert dsn_from_environment({"GPT2SQL_DSN": "postgresql://me@localhost/mine", "PGHOST": "localhost"}) is None
+    assert dsn_from_environment({"GPT2SQL_TEST_DSN": "dbname=scratch", "GPT2SQL_DSN": "dbname=mine"}) == "dbname=scratch"
+
+
+def test_the_session_environment_names_no_user_server():
+    """Every CLI run, subprocess and README command in this session inherits this environment."""
+    from conftest import scrubbed
+
+    assert scrubbed("GPT2SQL_DSN") and scrubbed("PGHOST") and scrubbed("PGSERVICEFILE") and not scrubbed("PGSERVER_X")
+    left = [name for name in os.environ if scrubbed(name) and name != "GPT2SQL_DATA"]
+    assert not left, f"still in the environment: {left}"
+    for name in ("GPT2SQL_DATA", "TIKTOKEN_CACHE_DIR", "HF_HOME"):
+        assert Path(os.environ[name]).parent.name.startswith("gpt2sql-tests-"), (name, os.environ[name])
+
+
+@pytest.mark.slow
+def test_a_pytest_run_never_uses_gpt2sql_dsn(tmp_path):
+    """A user's shell with GPT2SQL_DSN and PG* set (README's compose setup), and an embedded
+    data directory: a test run reaches none of them. A listener stands in for the server."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    reached = []
+
+    def accept():
+        while True:
+            try:
+                reached.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text((Path(__file__).with_name("conftest.py")).read_text())
+    (inner / "test_inner.py").write_text(
+        "def test_cli_and_connection(runner, conn):\n"
+        "    assert runner(['tokenize', 'hello']).stdout.strip() == '[31373]'\n"
+        "    assert conn.execute('SELECT gpt2.tokenize(%s)', ('hello',)).fetchone()[0] == [31373]\n"
+    )
+    user_data = tmp_path / "users-embedded-pgdata"
+    env = {k: v for k, v in os.environ.items() if k != "GPT2SQL_TEST_DSN"}
+    env.update(GPT2SQL_DSN=f"postgresql://me:pw@127.0.0.1:{port}/mine?connect_timeout=3", PGHOST="127.0.0.1",
+               PGPORT=str(port), PGDATABASE="mine", GPT2SQL_DATA=str(user_data))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               f"--basetemp={tmp_path / 'basetemp'}", str(inner)],
+                              cwd=inner, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "gpt2sql test database: embedded server" in done.stdout
+    assert not reached, "the test run connected to the server in GPT2SQL_DSN / PGHOST"
+    assert not user_data.exists(), "the test run used the embedded server in GPT2SQL_DATA"
