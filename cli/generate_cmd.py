@@ -1,12 +1,17 @@
-"""`gpt2sql generate PROMPT`: stream a continuation, one SQL round trip per token."""
+"""`gpt2sql generate PROMPT` / `--batch FILE`: stream a continuation, one SQL round trip per step."""
 
 from __future__ import annotations
+
+import contextlib
+import sys
 
 import click
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
 from gpt2sql.tokenize_cmd import checked_text, read_stdin
+
+INT4_MAX = 2**31 - 1  # the SQL functions take int
 
 
 def _ensure_model(ctx: click.Context, model: str | None) -> None:
@@ -21,21 +26,45 @@ def _ensure_model(ctx: click.Context, model: str | None) -> None:
         raise Gpt2SqlError(f"no model is loaded, and gpt2 could not be fetched: {e}") from None
 
 
-PREFILL_CHUNK = 32  # prompt tokens per round trip while a progress bar is shown
+class Progress:
+    """Progress bars on stderr fed by the server's 'gpt2sql progress: <what> <done>/<total>'
+    notices (sql/80_forward.sql gpt2.progress), which arrive while a statement runs.
 
+    with progress.bar("prompt", n_layer): ...   shows one bar for a statement (one tick per layer);
+    a decode step that slides the context window announces itself ('slide') and gets a bar too."""
 
-def _prefill(conn, n_prompt: int) -> None:
-    """Process a long prompt in pieces behind a progress bar (a short one: in the first step)."""
-    import sys
+    def __init__(self, conn, n_layer: int):
+        self.n_layer, self.current = n_layer, None
+        conn.execute("SELECT set_config('gpt2sql.progress', 'on', false)")
+        conn.add_notice_handler(self._notice)
 
-    if n_prompt <= PREFILL_CHUNK:
-        return
-    with click.progressbar(length=n_prompt, label="prompt", file=sys.stderr, show_eta=True) as bar:
-        left = n_prompt
-        while left > 0:
-            now = conn.execute("SELECT gpt2.generate_prefill(%s)", (PREFILL_CHUNK,)).fetchone()[0]
-            bar.update(left - now)
-            left = now
+    @contextlib.contextmanager
+    def bar(self, label: str):
+        with click.progressbar(length=self.n_layer, label=label, file=sys.stderr, show_eta=True) as bar:
+            self.current = bar
+            try:
+                yield
+            finally:
+                self.current = None
+
+    @contextlib.contextmanager
+    def step(self):
+        """Around a decode step: quiet, unless the window slides."""
+        try:
+            yield
+        finally:
+            if self.current is not None:
+                self.current.render_finish()
+                self.current = None
+
+    def _notice(self, diag) -> None:
+        what, _, count = (diag.message_primary or "").removeprefix("gpt2sql progress: ").partition(" ")
+        if what == "slide" and self.current is None:
+            click.echo("", err=True)
+            self.current = click.progressbar(length=self.n_layer, file=sys.stderr, show_eta=True,
+                                             label="the context is full: re-reading the last half")
+        elif what == "layer" and self.current is not None:
+            self.current.update(1)
 
 
 def _nonempty_stops(ctx, param, stops: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,21 +73,45 @@ def _nonempty_stops(ctx, param, stops: tuple[str, ...]) -> tuple[str, ...]:
     return stops
 
 
-def _check_top_k(ctx: click.Context, no_top_k: bool) -> None:
+def _check_arguments(ctx: click.Context, prompt: str | None, batch: str | None, no_top_k: bool) -> None:
     from click.core import ParameterSource
 
     if no_top_k and ctx.get_parameter_source("top_k") is not ParameterSource.DEFAULT:
         raise click.UsageError("--top-k and --no-top-k exclude each other: give one", ctx)
+    if (prompt is None) == (batch is None):
+        raise click.UsageError("give a PROMPT or --batch FILE (one of them)", ctx)
+
+
+def _batch_prompts(path: str) -> list[str]:
+    """One prompt per line of FILE ('-': standard input), without the line ends."""
+    if path == "-":
+        text = read_stdin()
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise Gpt2SqlError(f"cannot read {path!r}: {e.strerror}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Gpt2SqlError(f"{path!r} is not UTF-8 (byte {e.start})") from None
+    prompts = [checked_text(line) for line in text.splitlines()]
+    if not prompts:
+        raise Gpt2SqlError(f"{'standard input' if path == '-' else repr(path)} holds no prompts (one per line)")
+    return prompts
 
 
 @click.command("generate")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option("--batch", metavar="FILE",
+              help="Generate for every line of FILE ('-': standard input) together; prints JSON lines.")
 @click.option("--model", "-m", help="Model to use. Default: the latest loaded (see gpt2sql models).")
-@click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=40, show_default=True,
+@click.option("--max-tokens", "-n", type=click.IntRange(min=1, max=INT4_MAX), default=40, show_default=True,
               help="Stop after this many new tokens.")
-@click.option("--temperature", "-t", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--temperature", "-t", type=click.FloatRange(min=0, max=1e6), default=1.0, show_default=True,
               help="Softmax temperature; 0 is greedy decoding.")
-@click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--top-k", type=click.IntRange(min=1, max=INT4_MAX), default=50, show_default=True,
               help="Sample among the k most likely tokens.")
 @click.option("--no-top-k", is_flag=True, help="Sample among all tokens (no top-k cut); not with --top-k.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
@@ -66,43 +119,84 @@ def _check_top_k(ctx: click.Context, no_top_k: bool) -> None:
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Make the sampled tokens reproducible.")
 @click.option("--stop", multiple=True, callback=_nonempty_stops,
               help="Stop once the generated text contains this string; the output ends with it (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per token: step, id, text.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per token: step, id, text and logprob (log-probability under the model).")
+@click.option("--top-logprobs", type=click.IntRange(min=0, max=20), default=0, show_default=True,
+              help="With --json or --batch: also the N most likely tokens at each step, with their logprobs.")
 @click.pass_context
-def generate_cmd(ctx, prompt, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json):
+def generate_cmd(ctx, prompt, batch, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json,
+                 top_logprobs):
     """Continue PROMPT, printing tokens as they are computed.
 
     PROMPT '-' reads standard input verbatim, a final newline included (echo adds one;
     printf '%s' does not). A --stop string ends the output, as in Hugging Face
-    transformers (OpenAI's API leaves it out).
+    transformers (OpenAI's API leaves it out). --batch decodes many prompts together:
+    every weight is read once per step for all of them.
     """
-    import codecs
-    import json
-
-    _check_top_k(ctx, no_top_k)
-    prompt = checked_text(read_stdin() if prompt == "-" else prompt)
+    _check_arguments(ctx, prompt, batch, no_top_k)
+    prompts = _batch_prompts(batch) if batch is not None else [checked_text(read_stdin() if prompt == "-" else prompt)]
     _ensure_model(ctx, model)
     conn = connection(ctx)
-    n_prompt = conn.execute("SELECT gpt2.generate_start(%s, %s, %s, %s, %s, %s, %s, %s)",
-                            (prompt, model, max_tokens, temperature, None if no_top_k else top_k, top_p, seed,
-                             list(stop) or None)).fetchone()[0]
-    _prefill(conn, n_prompt)
+    lengths = conn.execute("SELECT gpt2.generate_batch_start(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                           (prompts, model, max_tokens, temperature, None if no_top_k else top_k, top_p, seed,
+                            list(stop) or None, top_logprobs)).fetchone()[0]
+    n_layer = conn.execute("SELECT m.n_layer FROM gpt2.models m JOIN gen_seq g ON g.model = m.name LIMIT 1").fetchone()[0]
+    progress = Progress(conn, n_layer)
+    if sum(lengths) > 32:  # a short prompt is processed by the first step, without a bar
+        with progress.bar(f"prompt ({sum(lengths)} tokens)"):
+            conn.execute("SELECT gpt2.generate_prefill()")
+    if batch is not None:
+        _print_batch(conn, progress, len(prompts), max_tokens)
+    else:
+        _print_one(conn, progress, prompts[0], as_json, top_logprobs)
+
+
+def _token_json(row, top_logprobs: int, prompt: int | None = None) -> str:
+    import json
+
+    step, token, text, logprob, top = row
+    out = {} if prompt is None else {"prompt": prompt}
+    out.update(step=step, id=token, text=text, logprob=logprob)
+    if top_logprobs:
+        out["top_logprobs"] = top
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _print_one(conn, progress: Progress, prompt: str, as_json: bool, top_logprobs: int) -> None:
+    import codecs
+
     if not as_json:
         click.echo(prompt, nl=False)
     eos = conn.execute("SELECT gpt2.eos_id()").fetchone()[0]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens can split a character
     while True:
-        row = conn.execute("SELECT step, id, text, bytes, done FROM gpt2.generate_next()").fetchone()
+        with progress.step():
+            row = conn.execute("SELECT step, id, text, logprob, top, bytes, done FROM gpt2.generate_next()").fetchone()
         if row is None:
             break
-        step, token, text, data, done = row
+        data, done = row[5], row[6]
         if as_json:
-            click.echo(json.dumps({"step": step, "id": token, "text": text}, ensure_ascii=False))
-        elif token != eos:
+            click.echo(_token_json(row[:5], top_logprobs))
+        elif row[1] != eos:
             click.echo(decoder.decode(bytes(data or b"")), nl=False)
         if done:
             break
     if not as_json:
         click.echo(decoder.decode(b"", final=True))
+
+
+def _print_batch(conn, progress: Progress, n_prompts: int, max_tokens: int) -> None:
+    """JSON lines as the steps come, {"prompt": i, "step": ...}; a bar of steps on stderr."""
+    top = conn.execute("SELECT top_logprobs FROM gen_seq LIMIT 1").fetchone()[0]
+    with click.progressbar(length=max_tokens, label=f"{n_prompts} prompts", file=sys.stderr, show_eta=True) as bar:
+        while True:
+            with progress.step():
+                rows = conn.execute("SELECT prompt, step, id, text, logprob, top FROM gpt2.generate_batch_next()").fetchall()
+            if not rows:
+                break
+            for prompt, *rest in rows:
+                click.echo(_token_json(rest, top, prompt))
+            bar.update(1)
 
 
 COMMANDS = [generate_cmd]

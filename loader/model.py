@@ -78,15 +78,16 @@ def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, dtype: str) -> 
     elif t.table == "ln":  # gain and shift of one layer norm
         batches = [("ln", "tensor, layer, g, b", [("text", t.tensor), ("int4", np.array([t.layer])),
                                                   ("vector", w[None, :]), ("vector", ckpt.get(t.bias)[None, :])])]
-    else:  # Conv1D [in, out]: one row per output column and input chunk, and the bias vector
+    else:  # Conv1D [in, out]: one row per output column and input chunk (the bias on chunk 0)
+        b = ckpt.get(t.bias)
         n_in, n_out = w.shape
         width = conn.execute("SELECT gpt2.chunk_dims(%s, %s)", (n_in, dtype)).fetchone()[0]
-        batches = [("bias", "tensor, layer, b", [("text", t.tensor), ("int4", np.array([t.layer])),
-                                                 ("vector", ckpt.get(t.bias)[None, :])])]
+        batches = []
         for chunk, start in enumerate(range(0, n_in, width)):
-            batches.append(("conv1d", "tensor, layer, chunk, col, w", [
+            batches.append(("conv1d", "tensor, layer, chunk, col, w, b", [
                 ("text", t.tensor), ("int4", np.full(n_out, t.layer)), ("int4", np.full(n_out, chunk)),
-                ("int4", np.arange(n_out)), (vtype, w[start:start + width].T)]))
+                ("int4", np.arange(n_out)), (vtype, w[start:start + width].T),
+                ("float4", b if chunk == 0 else np.zeros(n_out, dtype=np.float32))]))
     for table, columns, fields in batches:
         statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             sql.Identifier(schema), sql.Identifier(table), sql.SQL(columns))

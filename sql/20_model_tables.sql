@@ -7,12 +7,12 @@
 --   wte(token, w wvec)           [n_vocab, n_embd]      token embeddings; also the LM head (tied)
 --   wpe(pos, w wvec)             [n_positions, n_embd]  position embeddings
 --   ln(tensor, layer, g, b)      [n_embd] each          'ln_1', 'ln_2' per layer; 'ln_f' at layer 0
---   conv1d(tensor, layer, chunk, col, w wvec)
+--   conv1d(tensor, layer, chunk, col, w wvec, b)
 --                                one row per OUTPUT column (and input chunk) of each Conv1D
 --                                weight [in, out]: w = W[chunk*width : (chunk+1)*width, col],
---                                tensor in 'attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'
---                                (the checkpoint's names); width = gpt2.chunk_dims(in, dtype)
---   bias(tensor, layer, b)       [out] the Conv1D biases, one vector each
+--                                b = bias[col] on chunk 0 (0 on the others), tensor in
+--                                'attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj' (the
+--                                checkpoint's names); width = gpt2.chunk_dims(in, dtype)
 --
 -- The stage functions name these tables without a schema: gpt2.use_model() puts the
 -- model's schema first on the search path, and PostgreSQL re-plans cached statements
@@ -53,8 +53,7 @@ BEGIN
     EXECUTE format('CREATE TABLE %1$I.wpe (pos int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
     EXECUTE format('CREATE TABLE %I.ln (tensor text NOT NULL, layer int NOT NULL, g vector NOT NULL, b vector NOT NULL)', schema_name);
     EXECUTE format('CREATE TABLE %1$I.conv1d (tensor text NOT NULL, layer int NOT NULL, chunk int NOT NULL,
-                    col int NOT NULL, w %1$I.wvec NOT NULL)', schema_name);
-    EXECUTE format('CREATE TABLE %I.bias (tensor text NOT NULL, layer int NOT NULL, b vector NOT NULL)', schema_name);
+                    col int NOT NULL, w %1$I.wvec NOT NULL, b real NOT NULL)', schema_name);
     EXECUTE format('ALTER TABLE %I.wte ALTER COLUMN w SET STORAGE PLAIN', schema_name);
     EXECUTE format('ALTER TABLE %I.wpe ALTER COLUMN w SET STORAGE PLAIN', schema_name);
     EXECUTE format('ALTER TABLE %I.conv1d ALTER COLUMN w SET STORAGE PLAIN', schema_name);
@@ -69,9 +68,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %I.wpe ADD PRIMARY KEY (pos)', schema_name);
     EXECUTE format('ALTER TABLE %I.ln ADD PRIMARY KEY (tensor, layer)', schema_name);
     EXECUTE format('ALTER TABLE %I.conv1d ADD PRIMARY KEY (tensor, layer, chunk, col)', schema_name);
-    EXECUTE format('ALTER TABLE %I.bias ADD PRIMARY KEY (tensor, layer)', schema_name);
-    EXECUTE format('ANALYZE %I.wte, %I.wpe, %I.ln, %I.conv1d, %I.bias', schema_name, schema_name, schema_name,
-                   schema_name, schema_name);
+    EXECUTE format('ANALYZE %I.wte, %I.wpe, %I.ln, %I.conv1d', schema_name, schema_name, schema_name, schema_name);
 END
 $$;
 
