@@ -1,18 +1,21 @@
-"""Benchmark: GPT-2 124M-shaped generation in SQL beside the NumPy reference, same run.
+"""Benchmark: generation in SQL beside NumPy, in the same run, on GPT-2's real shapes.
 
-    python bench/bench_generate.py [--dsn DSN] [--steps 20] [--prompt-tokens 64]
+    python bench/bench_generate.py                      # 124M: prefill and decode at 64-960 tokens
+    python bench/bench_generate.py --sizes gpt2-medium,gpt2-large,gpt2-xl --lengths 64 --dtypes float16
+    python bench/bench_generate.py --batch              # 1-16 prompts decoded together
 
-Random weights in GPT-2 124M's shapes (12 layers, 768 wide, 12 heads, 50257 tokens):
-the timings depend on shapes only. Reports, for float32 (pgvector vector) and float16
-(halfvec) weights: the load time and database size, the prefill of a prompt, and the
-median milliseconds per generated token (a decode step with the KV cache + greedy choice),
-each beside NumPy's time for the same work as a ratio. NumPy runs tests/reference.py
-with its KV cache, in float64 (the reference the tests use) and in float32.
+Random weights in the shapes of the GPT-2 sizes (the timings depend on shapes only), loaded
+through the same loader users run. The yardstick is bench/numpy_gpt2.py: float32, a KV
+cache, a batched prefill, logits for the last position only, BLAS on every core. Both
+sides are warm (plans and caches: SQL runs a short generation first) and compute the same
+things: a prefill ends with the last position's logits; a decode step feeds one token and
+chooses the next (greedy). Ratios are SQL time / NumPy time.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,84 +24,148 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import reference  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 import synthetic  # noqa: E402
+from numpy_gpt2 import NumpyGPT2  # noqa: E402
+
+SIZES = {  # n_layer, n_embd, n_head (context 1024, vocabulary 50257 for all)
+    "gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20), "gpt2-xl": (48, 1600, 25),
+}
 
 
-def numpy_timings(directory: Path, prompt: list[int], steps: int, dtype) -> tuple[float, float]:
-    """(prefill seconds, median ms per decode step) of the NumPy reference."""
-    hparams, params = reference.load(directory, dtype=dtype)
+def prompt_of(conn, n: int) -> str:
+    """A text of exactly n tokens: common words, each one token with its leading space."""
+    words = [r[0] for r in conn.execute(
+        "SELECT id FROM gpt2.vocab WHERE token ~ '^Ġ[a-z]{3,8}$' ORDER BY id LIMIT 200")]
+    ids = [words[(7 * i) % len(words)] for i in range(n)]
+    text = conn.execute("SELECT gpt2.detokenize(%s)", (ids,)).fetchone()[0]
+    assert conn.execute("SELECT gpt2.tokenize(%s)", (text,)).fetchone()[0] == ids
+    return text
+
+
+def sql_run(conn, model: str, prompt: str, steps: int) -> tuple[float, float]:
+    """(prefill seconds, median ms per decode step) as the CLI runs them."""
+    conn.execute("SELECT gpt2.generate_start(%s, %s, %s, 0)", (prompt, model, steps + 2))
     start = time.perf_counter()
-    logits, cache = reference.prefill(params, hparams, prompt)
-    prefill = time.perf_counter() - start
-    times = []
-    for pos in range(len(prompt), len(prompt) + steps):
-        token = int(np.argmax(logits))
-        start = time.perf_counter()
-        logits, cache = reference.decode_step(params, hparams, cache, token, pos)
-        token = int(np.argmax(logits))
-        times.append(time.perf_counter() - start)
-    return prefill, 1000 * statistics.median(times)
-
-
-def sql_timings(conn, model: str, prompt_text: str, steps: int, sampling: bool) -> tuple[float, float]:
-    """(prefill seconds, median ms per generated token) in SQL, as the CLI runs it."""
-    knobs = (1.0, 50, 1.0) if sampling else (0.0, None, 1.0)
-    start = time.perf_counter()
-    conn.execute("SELECT gpt2.generate_start(%s, %s, %s, %s, %s, %s, 1)", (prompt_text, model, steps + 1) + knobs)
     conn.execute("SELECT gpt2.generate_prefill()")
+    conn.execute("SELECT * FROM gpt2.generate_next()").fetchall()  # the prefill's logits -> the first token
     prefill = time.perf_counter() - start
-    conn.execute("SELECT * FROM gpt2.generate_next()")  # the first token needs no decode step
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        conn.execute("SELECT * FROM gpt2.generate_next()").fetchone()
+        conn.execute("SELECT * FROM gpt2.generate_next()").fetchall()
         times.append(time.perf_counter() - start)
     return prefill, 1000 * statistics.median(times)
+
+
+def numpy_run(model: NumpyGPT2, ids: list[int], steps: int, repeat: int = 3) -> tuple[float, float]:
+    """(best prefill seconds of `repeat`, median ms per decode step)."""
+    best = float("inf")
+    for _ in range(repeat):
+        cache = model.new_cache()
+        start = time.perf_counter()
+        logits = model.step(cache, ids)
+        best = min(best, time.perf_counter() - start)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        logits = model.step(cache, [int(np.argmax(logits))])
+        times.append(time.perf_counter() - start)
+    return best, 1000 * statistics.median(times)
+
+
+def load(conn, directory: Path, name: str, dtype: str) -> tuple[float, int]:
+    from gpt2sql.loader.model import list_models, load_model
+
+    start = time.perf_counter()
+    load_model(conn, directory, name, dtype)
+    seconds = time.perf_counter() - start
+    return seconds, next(m["bytes"] for m in list_models(conn) if m["name"] == name)
+
+
+def bench_lengths(conn, size: str, directory: Path, dtypes, lengths, steps) -> None:
+    from gpt2sql.loader.model import drop_model
+
+    reference = NumpyGPT2(directory)
+    prompts = {n: prompt_of(conn, n) for n in lengths}
+    ids = {n: conn.execute("SELECT gpt2.tokenize(%s)", (p,)).fetchone()[0] for n, p in prompts.items()}
+    print(f"\n{size}: prefill and decode (greedy) at each context, beside NumPy float32 in the same run\n")
+    print("| weights | load | size | tokens | prefill SQL | NumPy | x | decode SQL | NumPy | x |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for dtype in dtypes:
+        name = f"bench-{size}-{dtype}"
+        load_s, size_b = load(conn, directory, name, dtype)
+        sql_run(conn, name, prompt_of(conn, 40), 2)  # warm: plans, function caches
+        for n in lengths:
+            np_prefill, np_decode = numpy_run(reference, ids[n], steps)
+            prefill, decode = sql_run(conn, name, prompts[n], steps)
+            print(f"| {dtype} | {load_s:.1f} s | {size_b / 2**20:,.0f} MB | {n} | {prefill:.2f} s | {np_prefill:.3f} s | "
+                  f"{prefill / np_prefill:.1f}x | {decode:.0f} ms | {np_decode:.1f} ms | {decode / np_decode:.1f}x |", flush=True)
+        drop_model(conn, name)
+
+
+def bench_batch(conn, directory: Path, steps: int = 24) -> None:
+    """1, 2, 4, 8, 16 prompts of different lengths, `steps` new tokens each, greedy, float16."""
+    from gpt2sql.loader.model import drop_model
+
+    reference = NumpyGPT2(directory)
+    name = "bench-batch"
+    load(conn, directory, name, "float16")
+    lengths = [12, 31, 7, 24, 18, 40, 9, 27, 15, 36, 5, 21, 33, 11, 29, 16]
+    prompts = [prompt_of(conn, n) for n in lengths]
+    conn.execute("SELECT gpt2.complete_batch(%s, %s, 3, 0)", (prompts[:2], name))  # warm
+    print(f"\nBatches: prompts of 5-40 tokens, {steps} new tokens each, greedy, float16, beside NumPy float32\n")
+    print("| prompts | SQL | tokens/s | x one prompt | NumPy | tokens/s | x |")
+    print("|---|---|---|---|---|---|---|")
+    alone = None
+    for b in (1, 2, 4, 8, 16):
+        start = time.perf_counter()
+        rows = conn.execute("SELECT count(*) FROM gpt2.generate_batch(%s, %s, %s, 0)",
+                            (prompts[:b], name, steps)).fetchone()[0]
+        seconds = time.perf_counter() - start
+        alone = alone or seconds
+        start = time.perf_counter()
+        caches = [reference.new_cache() for _ in range(b)]
+        logits = reference.step_batch(caches, [conn.execute("SELECT gpt2.tokenize(%s)", (p,)).fetchone()[0]
+                                               for p in prompts[:b]])
+        for _ in range(steps - 1):
+            logits = reference.step_batch(caches, [[int(t)] for t in np.argmax(logits, -1)])
+        np_seconds = time.perf_counter() - start
+        print(f"| {b} | {seconds:.2f} s | {rows / seconds:.1f} | {seconds / alone:.2f} | {np_seconds:.3f} s | "
+              f"{b * steps / np_seconds:.0f} | {seconds / np_seconds:.1f}x |", flush=True)
+    drop_model(conn, name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="PostgreSQL with pgvector (default: the embedded server)")
-    parser.add_argument("--steps", type=int, default=20, help="decode steps to time")
-    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--sizes", default="gpt2", help=f"comma-separated, of {', '.join(SIZES)}")
+    parser.add_argument("--lengths", default="64,256,512,960", help="prompt lengths in tokens")
+    parser.add_argument("--dtypes", default="float16,float32")
+    parser.add_argument("--steps", type=int, default=10, help="decode steps timed at each length (median)")
+    parser.add_argument("--batch", action="store_true", help="the batch curve (gpt2's shapes) instead")
     args = parser.parse_args()
 
     from gpt2sql import db
-    from gpt2sql.loader.model import drop_model, list_models, load_model
 
     conn = db.connect(args.dsn)
-    directory = synthetic.write_checkpoint(Path(tempfile.mkdtemp(prefix="gpt2sql-bench-")),
-                                           **synthetic.CONFIGS["gpt2-124M"], seed=0)
-    prompt = [(1000 + 37 * i) % 50000 for i in range(args.prompt_tokens)]
-    prompt_text = conn.execute("SELECT gpt2.detokenize(%s)", (prompt,)).fetchone()[0]
-    prompt = conn.execute("SELECT gpt2.tokenize(%s)", (prompt_text,)).fetchone()[0]
-
-    rows = []
-    np64 = numpy_timings(directory, prompt, args.steps, np.float64)
-    np32 = numpy_timings(directory, prompt, args.steps, np.float32)
-    for dtype in ("float32", "float16"):
-        name = f"bench-124m-{dtype}"
-        start = time.perf_counter()
-        load_model(conn, directory, name, dtype)
-        load_s = time.perf_counter() - start
-        size = next(m["bytes"] for m in list_models(conn) if m["name"] == name)
-        sql_timings(conn, name, prompt_text, 3, False)  # warm the caches and the plans
-        prefill, greedy = sql_timings(conn, name, prompt_text, args.steps, False)
-        _, sampled = sql_timings(conn, name, prompt_text, args.steps, True)
-        rows.append((dtype, load_s, size, prefill, greedy, sampled))
-        drop_model(conn, name)
-
-    print(f"prompt: {len(prompt)} tokens; {args.steps} decode steps; NumPy {np.__version__}")
-    print(f"NumPy reference, float64: prefill {np64[0]:.3f} s, decode {np64[1]:.1f} ms/token")
-    print(f"NumPy reference, float32: prefill {np32[0]:.3f} s, decode {np32[1]:.1f} ms/token\n")
-    print("| weights | load | size | prefill (x NumPy f64 / f32) | decode, greedy ms/token (x f64 / f32) | decode, top-k 50 sampling |")
-    print("|---|---|---|---|---|---|")
-    for dtype, load_s, size, prefill, greedy, sampled in rows:
-        print(f"| {dtype} | {load_s:.1f} s | {size / 2**20:.0f} MB | {prefill:.2f} s ({prefill / np64[0]:.1f}x / {prefill / np32[0]:.1f}x) "
-              f"| {greedy:.0f} ({greedy / np64[1]:.1f}x / {greedy / np32[1]:.1f}x) "
-              f"| {sampled:.0f} ({sampled / np64[1]:.1f}x / {sampled / np32[1]:.1f}x) |")
+    print(f"PostgreSQL {conn.execute('SHOW server_version').fetchone()[0]}, "
+          f"pgvector {conn.execute('SELECT extversion FROM pg_extension WHERE extname = %s', ('vector',)).fetchone()[0]}, "
+          f"NumPy {np.__version__}; {args.steps} decode steps per length (median)")
+    for size in (["gpt2"] if args.batch else args.sizes.split(",")):
+        n_layer, n_embd, n_head = SIZES[size]
+        tmp = Path(tempfile.mkdtemp(prefix="gpt2sql-bench-"))
+        try:
+            directory = synthetic.write_checkpoint(tmp, n_layer=n_layer, n_embd=n_embd, n_head=n_head, seed=0)
+            if args.batch:
+                bench_batch(conn, directory)
+            else:
+                bench_lengths(conn, size, directory, args.dtypes.split(","), [int(n) for n in args.lengths.split(",")],
+                              args.steps)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

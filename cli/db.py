@@ -18,16 +18,31 @@ from gpt2sql.errors import Gpt2SqlError
 
 LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE")
 
+
+
+def shared_buffers_for_models() -> str:
+    """Shared memory for the embedded server: 40% of RAM (1 GB at least), so that the weights
+    of the models a user loads stay in it (every decode step reads all of them): gpt2-xl
+    takes 3.5 GB in float16, 7 GB in float32. PostgreSQL touches the pages only as they fill."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not reported: the earlier fixed size
+        return "2GB"
+    return f"{max(1024, int(ram * 0.4) // 2**20)}MB"
+
+
 # Settings for the embedded server, written to its data directory before its first start
-# (cli/embedded.py). Weights are read once per token, so they should sit in shared memory;
-# loads skip WAL (wal_level=minimal lets COPY into a table created in the same transaction
-# write no WAL); a backend whose client died (Ctrl-C, kill) stops computing within a
-# second instead of finishing a generation nobody reads (client_connection_check_interval).
+# (cli/embedded.py). Weights are read once per token, so they should sit in shared memory
+# (shared_buffers, above); the KV cache is temporary tables (temp_buffers: gpt2-xl's cache
+# at 1,024 tokens is ~650 MB); loads skip WAL (wal_level=minimal lets COPY into a table
+# created in the same transaction write no WAL); a backend whose client died (Ctrl-C, kill)
+# stops computing within a second instead of finishing a generation nobody reads
+# (client_connection_check_interval).
 EMBEDDED_SETTINGS = {
-    "shared_buffers": "2GB",
+    "shared_buffers": shared_buffers_for_models(),
     "work_mem": "64MB",
     "maintenance_work_mem": "512MB",
-    "temp_buffers": "256MB",
+    "temp_buffers": "1GB",
     "wal_level": "minimal",
     "max_wal_senders": "0",
     "max_wal_size": "4GB",

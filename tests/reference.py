@@ -177,3 +177,53 @@ def load(directory, dtype=np.float64):  # -> (hparams, params)
           "mlp": {"c_fc": lin(f"h.{i}.mlp.c_fc"), "c_proj": lin(f"h.{i}.mlp.c_proj")}}
          for i in range(hp["n_layer"])]
     return hp, {"wte": t["wte.weight"], "wpe": t["wpe.weight"], "ln_f": ln("ln_f"), "h": h}
+
+
+# --- The glass box (sql/97_inspect.sql) -----------------------------------------------------
+
+def attention_weights(params, hparams, ids):  # -> [n_layer, n_head, n_seq, n_seq], 0 above the diagonal
+    """softmax(q k^T / sqrt(d_head) + causal mask) of every layer and head."""
+    eps, n_head, ids = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"], list(ids)
+    x = params["wte"][ids] + params["wpe"][: len(ids)]  # [n_seq, n_embd]
+    out = []
+    for layer in params["h"]:
+        q, k, _ = np.split(linear(layer_norm(x, **layer["ln_1"], eps=eps), **layer["attn"]["c_attn"]), 3, axis=-1)
+        mask = np.triu(np.full((len(ids), len(ids)), -np.inf), 1)  # [n_seq, n_seq]
+        out.append([softmax(qh @ kh.T / math.sqrt(qh.shape[-1]) + mask)
+                    for qh, kh in zip(np.split(q, n_head, axis=-1), np.split(k, n_head, axis=-1))])
+        x = block(x, layer, n_head, eps)[0]
+    return np.array(out)
+
+
+def logit_lens(params, hparams, ids):  # -> [n_layer + 1, n_seq, n_vocab] probabilities
+    """softmax(ln_f(residual) @ wte^T) of the residual stream before each block (layer 0 =
+    the embeddings) and after the last one (layer n_layer: the model's own prediction)."""
+    eps, n_head, ids = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"], list(ids)
+    x = params["wte"][ids] + params["wpe"][: len(ids)]  # [n_seq, n_embd]
+    residuals = [x]
+    for layer in params["h"]:
+        x = block(x, layer, n_head, eps)[0]
+        residuals.append(x)
+    return np.array([softmax(layer_norm(r, **params["ln_f"], eps=eps) @ params["wte"].T) for r in residuals])
+
+
+def log_softmax(x):  # over the last axis
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def score(params, hparams, ids, eos=50256):  # -> (logprobs [n], ranks [n]) of each token of ids
+    """Each token's log-probability given <|endoftext|> and the tokens before it, and its rank
+    among all tokens (1 = the most likely), with lm-evaluation-harness's rolling windows when
+    ids are longer than the context: every token predicted once, with as much context as fits."""
+    n_ctx, ids = hparams["n_positions"], list(ids)
+    logprobs, ranks, done = [], [], 0
+    while done < len(ids):
+        upto = min(len(ids), done + n_ctx)
+        context = [eos] + ids[: upto - 1] if done == 0 else ids[upto - n_ctx - 1 : upto - 1]
+        lp = log_softmax(forward(params, hparams, context))[-(upto - done):]  # the positions predicting done..upto-1
+        for row, target in zip(lp, ids[done:upto]):
+            logprobs.append(row[target])
+            ranks.append(int(np.sum(row > row[target])) + 1)
+        done = upto
+    return np.array(logprobs), np.array(ranks)
