@@ -239,19 +239,128 @@ END
 $$
 $template$, g); END LOOP; END $do$;
 
+DO $do$ BEGIN EXECUTE gpt2.unroll($template$
+-- One head of a fresh prefill: the queries of one sequence at positions 0 .. n-1 against
+-- their own keys and values (nothing cached before them), all from qkv [n, 3*n_embd], %G
+-- queries at a time. Returns [n] outputs of the head, then [d_head] transposed values vt[d]
+-- (for the cache), then one vector of the n softmax denominators z (see the header).
+-- Read-only, so it runs in parallel workers: stage 7b spreads (sequence, head) pairs.
+CREATE OR REPLACE FUNCTION gpt2.attend_fresh_%G(h int, qkv vector[]) RETURNS vector[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    dh int := m.n_embd / m.n_head;                                 -- d_head
+    scale float8 := 1 / sqrt(m.n_embd / m.n_head);
+    n int := cardinality(qkv);
+    vr real[] := ARRAY(SELECT subvector(x, 2 * m.n_embd + h * dh + 1, dh)::real[]   -- [n, d_head] this head's values
+                       FROM unnest(qkv) WITH ORDINALITY AS u(x, t) ORDER BY t);
+    vt vector[] := ARRAY(SELECT ARRAY(SELECT vr[j][d] FROM generate_series(1, n) AS j ORDER BY j)::vector
+                         FROM generate_series(1, dh) AS d ORDER BY d);             -- [d_head, n] transposed
+    outs vector[];
+    zs float8[];
+BEGIN
+    WITH k AS MATERIALIZED (                                       -- [n] this head's keys
+        SELECT j - 1 AS pos, subvector(qkv[j], m.n_embd + h * dh + 1, dh) AS k FROM generate_series(1, n) AS j
+    ), q AS MATERIALIZED (                                         -- [n / %G, %G] queries (scaled) side by side,
+        SELECT g, least(n, g * %G + %G) - 1 AS plast,              --   their positions and shifts
+               {{CASE WHEN g * %G + @ <= n THEN subvector(qkv[g * %G + @], h * dh + 1, dh) * gpt2.fill(scale, dh) END AS q@}},
+               {{CASE WHEN g * %G + @ <= n THEN g * %G + @ - 1 ELSE -1 END AS p@}},
+               {{CASE WHEN g * %G + @ <= n THEN -(subvector(qkv[g * %G + @], h * dh + 1, dh)
+                    <#> subvector(qkv[g * %G + @], m.n_embd + h * dh + 1, dh)) * scale END AS s@}}
+        FROM generate_series(0, (n - 1) / %G) AS g
+    ), e AS MATERIALIZED (                                         -- [n / %G, %G] exp(score - shift), 0 where masked,
+        SELECT q.g, q.plast, {{a.e@::vector AS e@, -(a.e@::vector <#> gpt2.fill(1, q.plast + 1)) AS z@}}   -- and z
+        FROM q, LATERAL (
+            SELECT {{array_agg(CASE WHEN k.pos <= q.p@ THEN exp(greatest(least(-(k.k <#> q.q@) - q.s@, 40), -80))
+                                    ELSE 0 END ORDER BY k.pos) AS e@}}
+            FROM k WHERE k.pos <= q.plast) AS a
+    )
+    SELECT array_agg(u.o ORDER BY e.g, u.k), array_agg(u.z ORDER BY e.g, u.k) INTO outs, zs
+    FROM e,
+    LATERAL (SELECT {{array_agg(-(e.e@ <#> t.vt) / e.z@ ORDER BY t.d) FILTER (WHERE e.g * %G + @ <= n) AS o@}}   -- p . vt[d]
+             FROM (SELECT d, subvector(vt[d], 1, e.plast + 1) AS vt FROM generate_series(1, dh) AS d
+                   OFFSET 0) AS t) AS w,                                                   -- (sliced once, not %G times)
+    LATERAL unnest(ARRAY[{{w.o@::vector}}], ARRAY[{{e.z@}}]) WITH ORDINALITY AS u(o, z, k)
+    WHERE e.g * %G + u.k <= n;
+    RETURN outs || vt || ARRAY[zs::real[]::vector];
+END
+$$
+$template$, 16); END $do$;
+
 DROP FUNCTION IF EXISTS gpt2.mha(int, vector[], int);   -- the one-sequence form of earlier releases
+-- Rows sorted by sequence, then position; positions consecutive within a sequence.
 CREATE OR REPLACE FUNCTION gpt2.mha(layer int, seqs int[], positions int[], qkv vector[]) RETURNS vector[]
 LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    dh int := m.n_embd / m.n_head;
+    starts int[];                                                  -- where each sequence's rows start (and the end)
+    units vector[];                                                -- [n_seq * n_head] of ([n] outputs, [d_head] vt, z)
 BEGIN
-    PERFORM gpt2.kv_append(layer, seqs, positions, qkv);
-    IF cardinality(qkv) = cardinality(ARRAY(SELECT DISTINCT unnest(seqs))) THEN
-        RETURN gpt2.attend_1(layer, seqs, positions, qkv);         -- one query per sequence: decode steps
+    IF cardinality(qkv) = cardinality(ARRAY(SELECT DISTINCT unnest(seqs))) THEN   -- one query per sequence: decode steps
+        PERFORM gpt2.kv_append(layer, seqs, positions, qkv);
+        RETURN gpt2.attend_1(layer, seqs, positions, qkv);
+    ELSIF EXISTS (SELECT FROM unnest(seqs, positions) AS u(s, p) WHERE u.p = 0 HAVING count(*) < cardinality(ARRAY(SELECT DISTINCT unnest(seqs))))
+          OR NOT EXISTS (SELECT FROM unnest(positions) AS p WHERE p = 0) THEN     -- a sequence goes on from its cache
+        PERFORM gpt2.kv_append(layer, seqs, positions, qkv);
+        RETURN gpt2.attend_16(layer, seqs, positions, qkv);
     END IF;
-    RETURN gpt2.attend_16(layer, seqs, positions, qkv);
+    -- fresh prefills: every sequence starts at 0; its heads in parallel, and the cache from their results
+    starts := ARRAY(SELECT min(u.i) FROM unnest(seqs) WITH ORDINALITY AS u(s, i) GROUP BY u.s ORDER BY min(u.i))
+              || (cardinality(qkv) + 1);
+    units := gpt2.parallel_map('attend_fresh', layer, qkv, NULL, starts);
+    RETURN gpt2.kv_store_fresh(layer, seqs, positions, qkv, starts, units);
+END
+$$;
+
+-- The cache of fresh prefills (keys from qkv, values transposed by the heads), and the heads'
+-- outputs side by side; queries whose softmax shift may have clamped are recomputed exactly.
+-- units: for each (sequence, head), in that order: [n] outputs, [d_head] vt, [1] z.
+CREATE OR REPLACE FUNCTION gpt2.kv_store_fresh(layer int, seqs int[], positions int[], qkv vector[], starts int[],
+                                               units vector[]) RETURNS vector[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    dh int := m.n_embd / m.n_head;
+    outs vector[];
+    r record;
+BEGIN
+    IF to_regclass('pg_temp.kv_k') IS NULL THEN
+        PERFORM gpt2.kv_reset();
+    END IF;
+    INSERT INTO kv_k (seq, layer, head, pos, k)                    -- [n, n_head] keys
+    SELECT u.s, kv_store_fresh.layer, h, u.p, subvector(u.x, m.n_embd + h * dh + 1, dh)
+    FROM unnest(seqs, positions, qkv) AS u(s, p, x), generate_series(0, m.n_head - 1) AS h;
+
+    IF to_regclass('pg_temp.heads_out') IS NULL THEN
+        CREATE TEMPORARY TABLE heads_out (i int, h int, o vector, z float8);
+    END IF;
+    TRUNCATE heads_out;
+    WITH unit AS (                                                 -- (sequence, head) g, its rows and its block in units
+        SELECT s.first, s.n, h, sum(s.n + dh + 1) OVER (ORDER BY s.first, h ROWS UNBOUNDED PRECEDING) - (s.n + dh + 1) AS base
+        FROM (SELECT starts[k] AS first, starts[k + 1] - starts[k] AS n FROM generate_series(1, cardinality(starts) - 1) AS k) AS s,
+             generate_series(0, m.n_head - 1) AS h
+    ), vt AS (
+        INSERT INTO kv_vt (seq, layer, head, d, vt)
+        SELECT seqs[u.first], kv_store_fresh.layer, u.h, d, units[u.base + u.n + d] FROM unit u, generate_series(1, dh) AS d
+    )
+    INSERT INTO heads_out (i, h, o, z)
+    SELECT u.first + j - 1, u.h, units[u.base + j], (units[u.base + u.n + dh + 1]::real[])[j]
+    FROM unit u, generate_series(1, u.n) AS j;
+
+    FOR r IN SELECT * FROM heads_out WHERE z > exp(33) LOOP        -- the shift may have clamped: exactly
+        UPDATE heads_out SET o = gpt2.attend_exact(seqs[r.i], layer, r.h, subvector(qkv[r.i], r.h * dh + 1, dh), positions[r.i])
+        WHERE heads_out.i = r.i AND heads_out.h = r.h;
+    END LOOP;
+    SELECT array_agg(heads.o ORDER BY heads.i) INTO outs           -- [n, n_embd] heads side by side
+    FROM (SELECT t.i, gpt2.vcat(t.o ORDER BY t.h) AS o FROM heads_out t GROUP BY t.i) AS heads;
+    RETURN outs;
 END
 $$;
 
 ALTER FUNCTION gpt2.kv_append(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.kv_store_fresh(int, int[], int[], vector[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.attend_fresh_16(int, vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.kv_fold(int, int[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.attend_1(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.attend_16(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
