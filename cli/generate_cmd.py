@@ -67,6 +67,14 @@ class Progress:
             self.current.update(1)
 
 
+def _finite(ctx, param, value: float) -> float:
+    import math
+
+    if not math.isfinite(value):  # FloatRange lets NaN through: every comparison with it is false
+        raise click.BadParameter(f"must be a finite number, not {value}")
+    return value
+
+
 def _nonempty_stops(ctx, param, stops: tuple[str, ...]) -> tuple[str, ...]:
     if "" in stops:  # every text contains '': it would stop before the first token
         raise click.BadParameter("a stop string cannot be empty")
@@ -110,12 +118,12 @@ def _batch_prompts(path: str) -> list[str]:
 @click.option("--max-tokens", "-n", type=click.IntRange(min=1, max=INT4_MAX), default=40, show_default=True,
               help="Stop after this many new tokens.")
 @click.option("--temperature", "-t", type=click.FloatRange(min=0, max=1e6), default=1.0, show_default=True,
-              help="Softmax temperature; 0 is greedy decoding.")
+              callback=_finite, help="Softmax temperature; 0 is greedy decoding.")
 @click.option("--top-k", type=click.IntRange(min=1, max=INT4_MAX), default=50, show_default=True,
               help="Sample among the k most likely tokens.")
 @click.option("--no-top-k", is_flag=True, help="Sample among all tokens (no top-k cut); not with --top-k.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
-              help="Nucleus sampling: the smallest set of tokens with this much probability.")
+              callback=_finite, help="Nucleus sampling: the smallest set of tokens with this much probability.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Make the sampled tokens reproducible.")
 @click.option("--stop", multiple=True, callback=_nonempty_stops,
               help="Stop once the generated text contains this string; the output ends with it (repeatable).")

@@ -225,3 +225,53 @@ def test_empty_prompt_starts_from_endoftext(conn, tiny):
     rows = conn.execute("SELECT id FROM gpt2.generate('', model => %s, max_tokens => 5, temperature => 0)",
                         (name,)).fetchall()
     assert [r[0] for r in rows] == reference.generate_greedy(params, hparams, [50256], 5)
+
+
+def test_no_generation_in_progress_is_one_line(dsn):
+    import psycopg
+
+    from gpt2sql import db
+
+    with db.connect(dsn) as c:
+        for call in ("SELECT * FROM gpt2.generate_next()", "SELECT gpt2.generate_prefill(8)",
+                     "SELECT * FROM gpt2.generate_batch_next()"):
+            with pytest.raises(psycopg.errors.RaiseException, match="no generation in progress"):
+                c.execute(call)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-1"])
+def test_temperature_must_be_a_finite_number(conn, tiny, runner, value):
+    import psycopg
+
+    with pytest.raises(psycopg.errors.RaiseException, match="temperature"):
+        conn.execute("SELECT gpt2.generate_start('Hi', %s, 5, %s::float8)", (tiny[0], value))
+    result = runner(["generate", "Hi", "--model", tiny[0], "--temperature", value.lower()])
+    assert result.exit_code == 2 and "temperature" in result.output
+
+
+@pytest.mark.parametrize("option", ["--max-tokens", "--top-k"])
+def test_int_options_beyond_int4_are_usage_errors(tiny, runner, option):
+    result = runner(["generate", "Hi", "--model", tiny[0], option, str(2**31)])
+    assert result.exit_code == 2 and option in result.output
+
+
+@pytest.mark.parametrize("change", ["reload", "drop"])
+def test_model_changed_during_generation_stops_in_one_line(dsn, tmp_path, runner, change):
+    """A generation never goes on with other weights than it started with."""
+    import psycopg
+
+    from gpt2sql import db
+
+    directory = synthetic.write_checkpoint(tmp_path, **synthetic.CONFIGS["tiny"], seed=8)
+    name = f"gen-{change}"
+    assert runner(["load", str(directory), "--name", name]).exit_code == 0
+    with db.connect(dsn) as c:
+        c.execute("SELECT gpt2.generate_start('Once upon a time', %s, 10, 0)", (name,))
+        c.execute("SELECT * FROM gpt2.generate_next()")
+        if change == "reload":
+            other = synthetic.write_checkpoint(tmp_path / "other", **synthetic.CONFIGS["tiny"], seed=9)
+            assert runner(["load", str(other), "--name", name]).exit_code == 0
+        else:
+            assert runner(["drop", name]).exit_code == 0
+        with pytest.raises(psycopg.errors.RaiseException, match="dropped" if change == "drop" else "loaded again"):
+            c.execute("SELECT * FROM gpt2.generate_next()")
