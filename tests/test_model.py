@@ -118,3 +118,29 @@ def test_widest_gpt2_width_loads_and_matches(conn, tmp_path, runner, dtype):
     pos, token, logit = (np.array(c) for c in zip(*rows))
     actual[pos, token] = logit
     assert_close(f"logits at width 1600 ({dtype})", actual, expected, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("n_prompt", [5, 40])  # a decode-sized prefill (cached kernel) and a parallel fresh one
+def test_huge_attention_scores_fall_back_to_the_exact_softmax(conn, tmp_path, runner, n_prompt):
+    """Scores far above a query's score on its own key: softmax's shift clamps, and those
+    queries are recomputed with the row maximum (sql/50_attention.sql, gpt2.attend_exact)."""
+    from safetensors.numpy import load_file, save_file
+
+    directory = synthetic.write_checkpoint(tmp_path, **synthetic.CONFIGS["tiny"], seed=5)
+    tensors = load_file(directory / "model.safetensors")
+    d = synthetic.CONFIGS["tiny"]["n_embd"]
+    for name, w in tensors.items():
+        if name.endswith("attn.c_attn.weight"):
+            w[:, : 2 * d] *= 8  # queries and keys: scores x64 (std ~130)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    assert runner(["load", str(directory), "--name", "test-huge-scores"]).exit_code == 0
+    hparams, params = reference.load(directory)
+    ids = list(range(2000, 2000 + n_prompt))
+    expected = reference.forward(params, hparams, ids)
+    rows = conn.execute("SELECT pos, token, logit FROM gpt2.forward(%s, 'test-huge-scores')", (ids,)).fetchall()
+    actual = np.zeros_like(expected)
+    pos, token, logit = (np.array(c) for c in zip(*rows))
+    actual[pos, token] = logit
+    # float32 scores 64x larger carry 64x larger rounding (1e-4 -> ~6e-3 in the worst case); a
+    # clamped softmax left as it is would be off by whole units
+    assert_close("logits with huge attention scores", actual, expected, 64 * TOLERANCE["float32"])
