@@ -62,15 +62,19 @@ def test_complete_batch_keeps_the_order_of_prompts(conn, model):
 
 
 def test_table_idiom_from_readme(conn, model):
-    conn.execute("CREATE TEMPORARY TABLE docs (id int, body text)")
-    conn.execute("INSERT INTO docs VALUES (10, 'Hello'), (20, 'Happy New Year!'), (30, 'def main():')")
+    """README's idiom: slices of 16 rows, one complete_batch each, joined back by id (40 rows: 3 slices)."""
+    conn.execute("CREATE TEMPORARY TABLE docs AS SELECT i AS id, 'Story number ' || i AS body FROM generate_series(1, 40) AS i")
     rows = conn.execute(
-        """SELECT d.id, c.completion
-           FROM (SELECT array_agg(id ORDER BY id) AS ids, array_agg(body ORDER BY id) AS bodies FROM docs) AS b,
-                unnest(b.ids, gpt2.complete_batch(b.bodies, %s, 5, 0)) AS c(id, completion)
-           JOIN docs d ON d.id = c.id ORDER BY d.id""", (model,)).fetchall()
-    assert rows == [(i, conn.execute("SELECT gpt2.complete(%s, %s, 5, 0)", (b, model)).fetchone()[0])
-                    for i, b in [(10, "Hello"), (20, "Happy New Year!"), (30, "def main():")]]
+        """SELECT c.id, c.completion
+           FROM (SELECT array_agg(id ORDER BY id) AS ids, array_agg(body ORDER BY id) AS bodies
+                 FROM (SELECT id, body, (row_number() OVER (ORDER BY id) - 1) / 16 AS slice FROM docs) AS numbered
+                 GROUP BY slice) AS batch,
+                unnest(batch.ids, gpt2.complete_batch(batch.bodies, %s, 3, 0)) AS c(id, completion)
+           ORDER BY c.id""", (model,)).fetchall()
+    assert [r[0] for r in rows] == list(range(1, 41))
+    for i in (1, 17, 40):
+        assert rows[i - 1][1] == conn.execute("SELECT gpt2.complete(%s, %s, 3, 0)", (f"Story number {i}", model)).fetchone()[0]
+    conn.execute("DROP TABLE docs")
 
 
 def test_batch_limits_and_errors(conn, model):
