@@ -23,9 +23,9 @@ def test_numpy_yardstick_equals_reference(tmp_path):
     fast = NumpyGPT2(directory)
     ids = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]
     cache = fast.new_cache()
-    assert_close("prefill", fast.step(cache, ids[:6])[0], reference.forward(params, hparams, ids[:6])[-1], 1e-3)
+    assert_close("prefill", fast.step(cache, ids[:6]), reference.forward(params, hparams, ids[:6])[-1], 1e-3)
     for n in range(6, len(ids)):  # decode steps
-        assert_close(f"decode at {n}", fast.step(cache, [ids[n]])[0], reference.forward(params, hparams, ids[: n + 1])[-1], 1e-3)
+        assert_close(f"decode at {n}", fast.step(cache, [ids[n]]), reference.forward(params, hparams, ids[: n + 1])[-1], 1e-3)
     caches = [fast.new_cache(), fast.new_cache()]  # two sequences of different lengths, stepped together
     fast.step_batch(caches, [ids[:3], ids[:7]])
     both = fast.step_batch(caches, [[ids[3]], [ids[7]]])
