@@ -322,7 +322,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
     dh int := m.n_embd / m.n_head;
-    outs vector[];
     r record;
 BEGIN
     IF to_regclass('pg_temp.kv_k') IS NULL THEN
@@ -331,30 +330,25 @@ BEGIN
     INSERT INTO kv_k (seq, layer, head, pos, k)                    -- [n, n_head] keys
     SELECT u.s, kv_store_fresh.layer, h, u.p, subvector(u.x, m.n_embd + h * dh + 1, dh)
     FROM unnest(seqs, positions, qkv) AS u(s, p, x), generate_series(0, m.n_head - 1) AS h;
-
-    IF to_regclass('pg_temp.heads_out') IS NULL THEN
-        CREATE TEMPORARY TABLE heads_out (i int, h int, o vector, z float8);
+    IF to_regclass('pg_temp.fresh_unit') IS NULL THEN                -- (sequence, head) -> its block in units
+        CREATE TEMPORARY TABLE fresh_unit (first int, n int, h int, base int);
     END IF;
-    TRUNCATE heads_out;
-    WITH unit AS (                                                 -- (sequence, head) g, its rows and its block in units
-        SELECT s.first, s.n, h, sum(s.n + dh + 1) OVER (ORDER BY s.first, h ROWS UNBOUNDED PRECEDING) - (s.n + dh + 1) AS base
-        FROM (SELECT starts[k] AS first, starts[k + 1] - starts[k] AS n FROM generate_series(1, cardinality(starts) - 1) AS k) AS s,
-             generate_series(0, m.n_head - 1) AS h
-    ), vt AS (
-        INSERT INTO kv_vt (seq, layer, head, d, vt)
-        SELECT seqs[u.first], kv_store_fresh.layer, u.h, d, units[u.base + u.n + d] FROM unit u, generate_series(1, dh) AS d
-    )
-    INSERT INTO heads_out (i, h, o, z)
-    SELECT u.first + j - 1, u.h, units[u.base + j], (units[u.base + u.n + dh + 1]::real[])[j]
-    FROM unit u, generate_series(1, u.n) AS j;
+    TRUNCATE fresh_unit;
+    INSERT INTO fresh_unit
+    SELECT s.first, s.n, h, (sum(s.n + dh + 1) OVER (ORDER BY s.first, h ROWS UNBOUNDED PRECEDING) - (s.n + dh + 1))::int
+    FROM (SELECT starts[k] AS first, starts[k + 1] - starts[k] AS n FROM generate_series(1, cardinality(starts) - 1) AS k) AS s,
+         generate_series(0, m.n_head - 1) AS h;
+    INSERT INTO kv_vt (seq, layer, head, d, vt)                    -- [n_seq, n_head, d_head] transposed values
+    SELECT seqs[u.first], kv_store_fresh.layer, u.h, d, units[u.base + u.n + d] FROM fresh_unit u, generate_series(1, dh) AS d;
 
-    FOR r IN SELECT * FROM heads_out WHERE z > exp(33) LOOP        -- the shift may have clamped: exactly
-        UPDATE heads_out SET o = gpt2.attend_exact(seqs[r.i], layer, r.h, subvector(qkv[r.i], r.h * dh + 1, dh), positions[r.i])
-        WHERE heads_out.i = r.i AND heads_out.h = r.h;
+    FOR r IN SELECT u.first + j - 1 AS i, u.h, u.base + j AS at                 -- the shift may have clamped: exactly
+             FROM fresh_unit u, unnest(units[u.base + u.n + dh + 1]::real[]) WITH ORDINALITY AS z(z, j)
+             WHERE z.z > exp(33) LOOP
+        units[r.at] := gpt2.attend_exact(seqs[r.i], layer, r.h, subvector(qkv[r.i], r.h * dh + 1, dh), positions[r.i]);
     END LOOP;
-    SELECT array_agg(heads.o ORDER BY heads.i) INTO outs           -- [n, n_embd] heads side by side
-    FROM (SELECT t.i, gpt2.vcat(t.o ORDER BY t.h) AS o FROM heads_out t GROUP BY t.i) AS heads;
-    RETURN outs;
+    RETURN ARRAY(SELECT gpt2.vcat(units[u.base + j] ORDER BY u.h)  -- [n, n_embd] heads side by side
+                 FROM fresh_unit u, generate_series(1, u.n) AS j
+                 GROUP BY u.first + j ORDER BY u.first + j);
 END
 $$;
 
