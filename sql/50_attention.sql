@@ -17,8 +17,14 @@
 -- all positions at once. A decode step appends one position to kv_v; every
 -- gpt2.kv_fold_every positions kv_v is folded into kv_vt (a prefill folds at once).
 --
--- The scores of a query against the cached keys are computed by one pass over the key rows,
--- for up to %G queries of the same sequence at a time (unrolled, as gpt2.products_%G).
+-- Three kernels, by what the new positions are:
+--   attend_1         one query per sequence (decode steps, a batch's step) against its cache;
+--   attend_16        several queries of a sequence that goes on from its cache (a prompt fed
+--                    in pieces), 16 at a time in one pass over the key rows (unrolled, as
+--                    gpt2.linear_16 in stage 4);
+--   attend_fresh_16  one head of a sequence that starts at position 0 (a prompt, a slid
+--                    window): everything from qkv, no table, so it runs in parallel workers;
+--                    gpt2.kv_store_fresh then fills the cache from its results.
 --
 -- subtle: causal mask = the key's position <= the query's; masked keys get weight 0.
 -- subtle: softmax needs a shift against overflow; the usual one is the row maximum, which
