@@ -69,6 +69,22 @@ BEGIN
 END
 $$;
 
+-- Append the keys of new positions of `layer` (the cache is made on first use).
+CREATE OR REPLACE FUNCTION gpt2.kv_keys(layer int, seqs int[], positions int[], qkv vector[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    dh int := m.n_embd / m.n_head;                                 -- d_head
+BEGIN
+    IF to_regclass('pg_temp.kv_k') IS NULL THEN
+        PERFORM gpt2.kv_reset();
+    END IF;
+    INSERT INTO kv_k (seq, layer, head, pos, k)                    -- [n, n_head] keys
+    SELECT u.s, kv_keys.layer, h, u.p, subvector(u.x, m.n_embd + h * dh + 1, dh)
+    FROM unnest(seqs, positions, qkv) AS u(s, p, x), generate_series(0, m.n_head - 1) AS h;
+END
+$$;
+
 -- Append the keys and values of new positions of `layer` (rows sorted by sequence, then
 -- position). One new position per sequence (decode steps): its values go to kv_v, folded
 -- into kv_vt once gpt2.kv_fold_every() have gathered. Several (a prefill): they are
@@ -80,12 +96,7 @@ DECLARE
     dh int := m.n_embd / m.n_head;                                 -- d_head
     qkvr real[];                                                   -- [n, 3*n_embd] the same numbers, for subscripts
 BEGIN
-    IF to_regclass('pg_temp.kv_k') IS NULL THEN
-        PERFORM gpt2.kv_reset();
-    END IF;
-    INSERT INTO kv_k (seq, layer, head, pos, k)                    -- [n, n_head] keys
-    SELECT u.s, kv_append.layer, h, u.p, subvector(u.x, m.n_embd + h * dh + 1, dh)
-    FROM unnest(seqs, positions, qkv) AS u(s, p, x), generate_series(0, m.n_head - 1) AS h;
+    PERFORM gpt2.kv_keys(layer, seqs, positions, qkv);
 
     IF cardinality(qkv) = cardinality(ARRAY(SELECT DISTINCT unnest(seqs))) THEN    -- decode steps
         INSERT INTO kv_v (seq, layer, head, pos, v)                -- [n, n_head] values, as they come
@@ -330,12 +341,7 @@ DECLARE
     dh int := m.n_embd / m.n_head;
     r record;
 BEGIN
-    IF to_regclass('pg_temp.kv_k') IS NULL THEN
-        PERFORM gpt2.kv_reset();
-    END IF;
-    INSERT INTO kv_k (seq, layer, head, pos, k)                    -- [n, n_head] keys
-    SELECT u.s, kv_store_fresh.layer, h, u.p, subvector(u.x, m.n_embd + h * dh + 1, dh)
-    FROM unnest(seqs, positions, qkv) AS u(s, p, x), generate_series(0, m.n_head - 1) AS h;
+    PERFORM gpt2.kv_keys(layer, seqs, positions, qkv);
     IF to_regclass('pg_temp.fresh_unit') IS NULL THEN                -- (sequence, head) -> its block in units
         CREATE TEMPORARY TABLE fresh_unit (first int, n int, h int, base int);
     END IF;
@@ -359,6 +365,7 @@ END
 $$;
 
 ALTER FUNCTION gpt2.kv_append(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.kv_keys(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.kv_store_fresh(int, int[], int[], vector[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.attend_fresh_16(int, vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.kv_fold(int, int[]) SET plan_cache_mode = force_generic_plan;

@@ -71,18 +71,6 @@ BEGIN
 END
 $$;
 
--- Next-token logits from one final hidden state: x . wte[token] for every token.
--- A plain SQL function, so PostgreSQL inlines it into the calling query: an
--- ORDER BY logit DESC LIMIT k there becomes a top-k heap over the LM head, with
--- nothing materialized (greedy decoding is LIMIT 1).
--- subtle: (SELECT x::wvec) is computed once; a bare x::wvec would convert x per row.
-SET check_function_bodies = off;   -- wte is the selected model's table, found when called
-CREATE OR REPLACE FUNCTION gpt2.logits(x vector) RETURNS TABLE (token int, logit float8)
-LANGUAGE sql STABLE AS $$
-    SELECT e.token, -(e.w <#> (SELECT x::wvec)) FROM wte e
-$$;
-RESET check_function_bodies;
-
 -- Logits at every position of a token sequence, from scratch (resets the KV cache).
 -- Made for inspection and tests: [n_seq, n_vocab] rows.
 CREATE OR REPLACE FUNCTION gpt2.forward(ids int[], model text DEFAULT NULL)
