@@ -4,6 +4,8 @@
 -- gpt2.parallel_map(fn, layer, xs, ys, args) computes fn in units spread over parallel workers:
 --   'block_in'      stage 7's half before the heads, on units of gpt2.parallel_unit() positions
 --   'block_out'     stage 7's half after the heads (ys: the heads' outputs), likewise
+--   'block_out_in'  block_out of `layer`, then block_in of the next layer: one map where
+--                   two would start their workers twice; [x, qkv] per position, interleaved
 --   'attend_fresh'  stage 5's heads of fresh prefills, one unit per (sequence, head); args: where
 --                   each sequence's rows start in xs (its qkv), and the end
 -- and returns the units' results one after the other:
@@ -47,6 +49,11 @@ BEGIN
     CASE fn
         WHEN 'block_in' THEN RETURN gpt2.block_in(layer, xs[g * unit + 1 : g * unit + unit]);
         WHEN 'block_out' THEN RETURN gpt2.block_out(layer, xs[g * unit + 1 : g * unit + unit], ys[g * unit + 1 : g * unit + unit]);
+        WHEN 'block_out_in' THEN
+            xs := gpt2.block_out(layer, xs[g * unit + 1 : g * unit + unit], ys[g * unit + 1 : g * unit + unit]);
+            RETURN ARRAY(SELECT v FROM unnest(xs, gpt2.block_in(layer + 1, xs)) WITH ORDINALITY AS u(x, qkv, t),
+                                LATERAL (VALUES (1, u.x), (2, u.qkv)) AS p(k, v)
+                         ORDER BY u.t, p.k);
         WHEN 'attend_fresh' THEN                                   -- sequence g / n_head, head g % n_head
             RETURN gpt2.attend_fresh_16(g % n_head, xs[args[g / n_head + 1] : args[g / n_head + 2] - 1]);
     END CASE;

@@ -34,15 +34,24 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT gpt2.embed_at(ids, ARRAY(SELECT pos0 + i - 1 FROM generate_series(1, cardinality(ids)) AS i))
 $$;
 
--- The final hidden states (after ln_f) of the new positions.
+-- The final hidden states (after ln_f) of the new positions. The blocks as gpt2.block runs
+-- them, but each block's second half and the next one's first half in one parallel map.
 CREATE OR REPLACE FUNCTION gpt2.run(seqs int[], ids int[], positions int[]) RETURNS vector[]
 LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
-    xs vector[] := gpt2.embed_at(ids, positions);
+    xs vector[] := gpt2.embed_at(ids, positions);                  -- [n, n_embd]
+    qkv vector[] := gpt2.parallel_map('block_in', 0, xs, NULL);    -- [n, 3*n_embd]
+    pairs vector[];                                                -- [2n] x, qkv, x, qkv, ...
 BEGIN
     FOR layer IN 0 .. m.n_layer - 1 LOOP
-        xs := gpt2.block(layer, seqs, positions, xs);
+        IF layer < m.n_layer - 1 THEN                              -- block_out(layer), block_in(layer + 1)
+            pairs := gpt2.parallel_map('block_out_in', layer, xs, gpt2.mha(layer, seqs, positions, qkv));
+            xs := ARRAY(SELECT pairs[2 * i - 1] FROM generate_series(1, cardinality(xs)) AS i);
+            qkv := ARRAY(SELECT pairs[2 * i] FROM generate_series(1, cardinality(xs)) AS i);
+        ELSE
+            xs := gpt2.parallel_map('block_out', layer, xs, gpt2.mha(layer, seqs, positions, qkv));
+        END IF;
         PERFORM gpt2.progress('layer', layer + 1, m.n_layer);
     END LOOP;
     RETURN gpt2.ln('ln_f', 0, xs);
