@@ -1,5 +1,5 @@
 -- Example 3: one head's attention matrix in the first block: who looks at whom.
---   psql "$(gpt2sql db url)" -v prompt='The cat sat on the mat because it' -v head=0 -f sql/examples/03_attention.sql
+--   gpt2sql psql -v prompt='The cat sat on the mat because it' -v head=0 -f sql/examples/03_attention.sql
 \if :{?prompt}
 \else
 \set prompt 'The cat sat on the mat because it'

@@ -1,5 +1,5 @@
 -- Example 5: a whole generation, with no Python involved.
---   psql "$(gpt2sql db url)" -v prompt='Happy New Year! I wish' -f sql/examples/05_generate.sql
+--   gpt2sql psql -v prompt='Happy New Year! I wish' -f sql/examples/05_generate.sql
 \if :{?prompt}
 \else
 \set prompt 'Happy New Year! I wish'
