@@ -15,7 +15,7 @@ from typing import Callable
 from psycopg import sql
 
 from gpt2sql.errors import Gpt2SqlError
-from gpt2sql.loader import pgcopy
+from gpt2sql.loader import grants, pgcopy
 from gpt2sql.loader.checkpoint import Checkpoint, Tensor
 
 DTYPES = {"float32": "vector", "float16": "halfvec"}
@@ -79,6 +79,7 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
             if progress:
                 progress(4 * math.prod(t.shape))
         conn.execute("SELECT gpt2.finish_model_tables(%s)", (staging,))
+        grants.copy_grants(conn, schema, staging)  # a reload keeps who may read the model
         conn.execute("DELETE FROM gpt2.models WHERE name = %s", (name,))
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema)))
