@@ -235,6 +235,19 @@ LEFT JOIN (SELECT right_id AS id, max(len) AS len FROM product GROUP BY right_id
 LEFT JOIN (SELECT left_id AS id, max(len) AS len FROM product GROUP BY left_id) AS r USING (id);
 CREATE UNIQUE INDEX IF NOT EXISTS merge_reach_id ON gpt2.merge_reach (id) INCLUDE (left_reach, right_reach);
 REFRESH MATERIALIZED VIEW gpt2.merge_reach;
+-- Whoever may read the vocabulary may read its reach, also a role that was granted SELECT
+-- on gpt2's tables before this view existed (README: Read-only users).
+DO $$
+DECLARE
+    reader text;
+BEGIN
+    FOR reader IN SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+                  FROM pg_class AS c, aclexplode(c.relacl) AS a
+                  WHERE c.oid = 'gpt2.vocab'::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT SELECT ON gpt2.merge_reach TO %s', reader);
+    END LOOP;
+END
+$$;
 
 -- The rm value of a pair that is no merge: above every rank << 32 | merged id.
 CREATE OR REPLACE FUNCTION gpt2.no_merge() RETURNS bigint

@@ -118,3 +118,16 @@ def test_missing_grant_says_permission_denied(conn, runner, tmp_path, reader):
             c.execute("SELECT gpt2.use_model('ro-f')")
     runner(["drop", "ro-e"])
     runner(["drop", "ro-f"])
+
+
+def test_reader_granted_before_merge_reach_existed_keeps_tokenizing(conn, reader):
+    """An upgrade adds gpt2.merge_reach (long pieces); a reader of gpt2.vocab may read it."""
+    from gpt2sql import db
+
+    conninfo, name = reader
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA gpt2 TO {0}; GRANT SELECT ON gpt2.vocab, gpt2.merges, "
+                         "gpt2.bytes_to_unicode, gpt2.pretokenizer TO {0}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("REVOKE ALL ON gpt2.merge_reach FROM {}").format(sql.Identifier(name)))
+    conn.execute(dict(db.sql_files())["10_tokenizer.sql"])  # what the upgrade applies
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        assert len(c.execute("SELECT gpt2.tokenize(repeat('abc', 30))").fetchone()[0]) > 1
