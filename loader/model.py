@@ -60,6 +60,7 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
         raise Gpt2SqlError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     ckpt = Checkpoint(directory)  # reads config.json and checks it against every tensor of the file first
     h = ckpt.hparams
+    _check_vocabulary(conn, Path(directory), h.n_vocab)
     schema = schema_for(name)
     staging = STAGING_PREFIX + schema[len(SCHEMA_PREFIX):]
     with conn.transaction():
@@ -70,8 +71,6 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
         if clash:
             raise Gpt2SqlError(f"model name {name!r} collides with the loaded model {clash[0]!r} "
                                f"(both are stored in schema {schema}): choose another --name")
-        _load_tokenizer_files(conn, Path(directory))
-        _check_vocabulary(conn, h.n_vocab)
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
         conn.execute("SELECT gpt2.create_model_tables(%s, %s)", (staging, dtype))
         for t in ckpt.tensors:
@@ -90,11 +89,19 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
             (name, schema, h.n_layer, h.n_head, h.n_embd, h.n_inner, h.n_positions, h.n_vocab,
              h.layer_norm_epsilon, dtype, source or str(directory)),
         )
+        _load_tokenizer_files(conn, Path(directory))
 
 
-def _check_vocabulary(conn, n_vocab: int) -> None:
-    """Every token the tokenizer can produce (<|endoftext|> included) needs a row in wte."""
-    n_ids = conn.execute("SELECT max(id) + 1 FROM gpt2.vocab").fetchone()[0]
+def _check_vocabulary(conn, directory: Path, n_vocab: int) -> None:
+    """Every token the tokenizer can produce (<|endoftext|> included) needs a row in wte:
+    the tokenizer the checkpoint brings, else the one loaded."""
+    from gpt2sql.loader import tokenizer
+
+    files = tokenizer.tokenizer_files(directory)
+    if files:
+        n_ids = max(tokenizer.read_vocab(files[0], files[0].read_bytes()).values()) + 1
+    else:
+        n_ids = conn.execute("SELECT max(id) + 1 FROM gpt2.vocab").fetchone()[0]
     if n_ids is not None and n_vocab < n_ids:
         raise Gpt2SqlError(f"config.json has vocab_size {n_vocab}, smaller than the tokenizer's {n_ids} token ids "
                            "(up to <|endoftext|>): this model could not embed every token")
