@@ -26,7 +26,7 @@ def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> 
     from gpt2sql.loader.model import load_model
 
     directory = resolve_checkpoint(source)
-    name = name or _default_name(source)
+    name = _default_name(source) if name is None else name  # --name "" is an error, not a default
     bar = click.progressbar(length=nbytes(read_config(directory)), label=f"loading {name} ({dtype})",
                             file=sys.stderr, show_eta=True, show_percent=True)
     shown = []
@@ -56,7 +56,7 @@ def load_cmd(ctx: click.Context, source: str, name: str | None, dtype: str, if_m
     owner/repo) or a local directory with config.json and model.safetensors.
     Loading again under the same name replaces the model in one transaction."""
     if if_missing:
-        wanted = name or _default_name(source)
+        wanted = _default_name(source) if name is None else name
         row = connection(ctx).execute("SELECT dtype FROM gpt2.models WHERE name = %s", (wanted,)).fetchone()
         if row and row[0] == dtype:
             click.echo(f"{wanted} is already loaded ({dtype})", err=True)

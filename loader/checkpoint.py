@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,32 @@ def tensors(h: HParams) -> list[Tensor]:
 
 
 def nbytes(h: HParams) -> int:
-    """float32 bytes of everything that gets loaded (for progress bars)."""
-    return sum(4 * math.prod(t.shape) for t in tensors(h))
+    """float32 bytes of everything that gets loaded (for progress bars).
+
+    Counted per kind of tensor, not by listing them: a config that claims a trillion
+    layers must cost nothing here (Checkpoint refuses it against the file)."""
+    per_model = sum(math.prod(shape(h)) for _, _, _, shape in MODEL_TENSORS)
+    per_block = sum(math.prod(shape(h)) for _, _, _, shape in BLOCK_TENSORS)
+    return 4 * (per_model + h.n_layer * per_block)
+
+
+def _whole(cfg: dict, key: str, path: Path, default=None) -> int:
+    """cfg[key] as a positive whole number: JSON 2.7, "12" or true are refused, not rounded."""
+    value = cfg.get(key)
+    if value is None:  # absent, or null as transformers writes n_inner
+        value = default
+    if value is None:
+        raise Gpt2SqlError(f"{path}: {key} is missing: not a GPT-2 config")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise Gpt2SqlError(f"{path}: {key} must be a whole number > 0, not {value!r}")
+    return value
 
 
 def read_config(directory: Path) -> HParams:
-    """The hyperparameters from config.json; a one-line error when it is not GPT-2."""
+    """The hyperparameters from config.json; a one-line error when it is not GPT-2.
+
+    Only the config's own consistency is checked here; Checkpoint checks it against the
+    tensors of the file, and the loader against the tokenizer."""
     path = directory / "config.json"
     if not path.is_file():
         raise Gpt2SqlError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
@@ -81,22 +102,25 @@ def read_config(directory: Path) -> HParams:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise Gpt2SqlError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise Gpt2SqlError(f"{path} is not a JSON object")
     if cfg.get("model_type") != "gpt2":
         raise Gpt2SqlError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'gpt2': only GPT-2 checkpoints can be loaded")
     activation = cfg.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise Gpt2SqlError(f"{path}: activation_function {activation!r} is not GPT-2's tanh GELU (gelu_new)")
-    try:
-        n_embd = int(cfg["n_embd"])
-        h = HParams(
-            n_layer=int(cfg["n_layer"]), n_head=int(cfg["n_head"]), n_embd=n_embd,
-            n_inner=int(cfg.get("n_inner") or 4 * n_embd), n_positions=int(cfg["n_positions"]),
-            n_vocab=int(cfg["vocab_size"]), layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise Gpt2SqlError(f"{path}: missing or invalid GPT-2 hyperparameter {e}") from None
-    if min(h.n_layer, h.n_head, h.n_embd, h.n_inner, h.n_positions, h.n_vocab) <= 0 or h.n_embd % h.n_head:
-        raise Gpt2SqlError(f"{path}: inconsistent hyperparameters {h}")
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    # subtle: json reads NaN and Infinity; layer norm divides by sqrt(var + eps)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise Gpt2SqlError(f"{path}: layer_norm_epsilon must be a finite number >= 0, not {eps!r}")
+    n_embd = _whole(cfg, "n_embd", path)
+    h = HParams(
+        n_layer=_whole(cfg, "n_layer", path), n_head=_whole(cfg, "n_head", path), n_embd=n_embd,
+        n_inner=_whole(cfg, "n_inner", path, default=4 * n_embd), n_positions=_whole(cfg, "n_positions", path),
+        n_vocab=_whole(cfg, "vocab_size", path), layer_norm_epsilon=float(eps),
+    )
+    if h.n_embd % h.n_head:
+        raise Gpt2SqlError(f"{path}: n_embd {h.n_embd} does not split into n_head {h.n_head} heads")
     return h
 
 
@@ -120,8 +144,18 @@ class Checkpoint:
             raise Gpt2SqlError(f"{path} is not a readable safetensors file: {e}") from None
         names = set(self._file.keys())
         self._prefix = "transformer." if "transformer.wte.weight" in names else ""
+        self._check_layers(names)  # first: everything below is built from n_layer
         self.tensors = tensors(self.hparams)
         self._check(names)
+        self._check_nothing_else(names)
+
+    def _check_layers(self, names: set[str]) -> None:
+        """config.json's n_layer against the blocks the file holds (h.0., h.1., ...)."""
+        block = re.compile(re.escape(self._prefix) + r"h\.(\d+)\.")
+        layers = {int(m[1]) for name in names if (m := block.match(name))}
+        if self.hparams.n_layer != len(layers):
+            raise Gpt2SqlError(f"config.json has n_layer {self.hparams.n_layer}, but model.safetensors holds "
+                               f"{len(layers)} blocks (h.0 ... h.N): they must agree")
 
     def _check(self, names: set[str]) -> None:
         for t in self.tensors:
@@ -135,6 +169,19 @@ class Checkpoint:
                 if tensor.get_dtype() not in READABLE_DTYPES:  # e.g. BF16, which NumPy cannot hold
                     raise Gpt2SqlError(f"tensor {full!r} is {tensor.get_dtype()}: only float32, float16 "
                                        "and float64 checkpoints can be read")
+
+    def _check_nothing_else(self, names: set[str]) -> None:
+        """Every tensor of the file is loaded, or is one of the known extras that carry nothing:
+        causal-mask buffers, and an LM head tied to wte (same shape; GPT-2 has no other)."""
+        known = {self._prefix + n for t in self.tensors for n in (t.name, t.bias) if n}
+        known |= {self._prefix + f"h.{i}.attn.{b}" for i in range(self.hparams.n_layer) for b in ("bias", "masked_bias")}
+        if "lm_head.weight" in names and self._file.get_slice("lm_head.weight").get_shape() == [
+                self.hparams.n_vocab, self.hparams.n_embd]:
+            known.add("lm_head.weight")
+        extra = sorted(names - known)
+        if extra:
+            raise Gpt2SqlError(f"model.safetensors has {len(extra)} tensors that config.json does not account for "
+                               f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): not a GPT-2 of this config")
 
     def get(self, name: str):
         """A tensor as a float32 NumPy array."""

@@ -15,34 +15,62 @@ from typing import Callable
 from psycopg import sql
 
 from gpt2sql.errors import Gpt2SqlError
-from gpt2sql.loader import pgcopy
+from gpt2sql.loader import grants, pgcopy
 from gpt2sql.loader.checkpoint import Checkpoint, Tensor
 
 DTYPES = {"float32": "vector", "float16": "halfvec"}
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SCHEMA_PREFIX = "model_"
+# subtle: a load builds the new tables in a staging schema of its own. Its name holds '~',
+# which schema_for() never produces, so no model name can map to it (foo__loading and
+# FOO__LOADING are models like any other), and it is exactly as long as the schema.
+STAGING_PREFIX = "model~"
 
 
 def schema_for(name: str) -> str:
     """The schema that holds a model's tables: model_<name>, lower case, [a-z0-9_]."""
-    return "model_" + re.sub(r"[^a-z0-9_]", "_", name.lower())
+    return SCHEMA_PREFIX + re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def check_name(conn, name: str) -> None:
+    """A one-line error unless `name` can be loaded: its schema must fit in an identifier.
+
+    subtle: PostgreSQL cuts identifiers longer than max_identifier_length (63 bytes) without
+    an error, so a longer schema name would silently name another schema."""
+    if not name:
+        raise Gpt2SqlError("the model name is empty: give one with --name, or leave --name out")
+    if not NAME.match(name):
+        raise Gpt2SqlError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    limit = int(conn.execute("SHOW max_identifier_length").fetchone()[0]) - len(SCHEMA_PREFIX)
+    if len(name) > limit:
+        raise Gpt2SqlError(f"model name {name[:20]!r}... is {len(name)} characters long: at most {limit} "
+                           f"(its schema {SCHEMA_PREFIX}<name> must fit PostgreSQL's identifiers)")
+
+
+def _lock_schema(conn, schema: str) -> None:
+    """Serialize loads and drops per schema, not per name: two names can share one (a.b, a_b)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('gpt2sql load'), hashtext(%s))", (schema,))
 
 
 def load_model(conn, directory: Path, name: str, dtype: str = "float32", source: str | None = None,
                progress: Callable[[int], None] | None = None) -> None:
     """Load the checkpoint in `directory` as model `name` (replacing one of that name)."""
-    if not NAME.match(name):
-        raise Gpt2SqlError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+    check_name(conn, name)
     if dtype not in DTYPES:
         raise Gpt2SqlError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    ckpt = Checkpoint(directory)  # reads config.json and checks every tensor's shape first
+    ckpt = Checkpoint(directory)  # reads config.json and checks it against every tensor of the file first
     h = ckpt.hparams
+    _check_vocabulary(conn, Path(directory), h.n_vocab)
     schema = schema_for(name)
-    staging = schema + "__loading"
-    clash = conn.execute("SELECT name FROM gpt2.models WHERE schema_name = %s AND name <> %s", (schema, name)).fetchone()
-    if clash:
-        raise Gpt2SqlError(f"model name {name!r} collides with the loaded model {clash[0]!r}: choose another --name")
+    staging = STAGING_PREFIX + schema[len(SCHEMA_PREFIX):]
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('gpt2sql load'), hashtext(%s))", (name,))
+        _lock_schema(conn, schema)
+        # after the lock: a concurrent load of a clashing name has committed by now
+        clash = conn.execute("SELECT name FROM gpt2.models WHERE schema_name = %s AND name <> %s",
+                             (schema, name)).fetchone()
+        if clash:
+            raise Gpt2SqlError(f"model name {name!r} collides with the loaded model {clash[0]!r} "
+                               f"(both are stored in schema {schema}): choose another --name")
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
         conn.execute("SELECT gpt2.create_model_tables(%s, %s)", (staging, dtype))
         for t in ckpt.tensors:
@@ -50,6 +78,7 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
             if progress:
                 progress(4 * math.prod(t.shape))
         conn.execute("SELECT gpt2.finish_model_tables(%s)", (staging,))
+        grants.copy_grants(conn, schema, staging)  # a reload keeps who may read the model
         conn.execute("DELETE FROM gpt2.models WHERE name = %s", (name,))
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema)))
@@ -61,6 +90,21 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
              h.layer_norm_epsilon, dtype, source or str(directory)),
         )
         _load_tokenizer_files(conn, Path(directory))
+
+
+def _check_vocabulary(conn, directory: Path, n_vocab: int) -> None:
+    """Every token the tokenizer can produce (<|endoftext|> included) needs a row in wte:
+    the tokenizer the checkpoint brings, else the one loaded."""
+    from gpt2sql.loader import tokenizer
+
+    files = tokenizer.tokenizer_files(directory)
+    if files:
+        n_ids = max(tokenizer.read_vocab(files[0], files[0].read_bytes()).values()) + 1
+    else:
+        n_ids = conn.execute("SELECT max(id) + 1 FROM gpt2.vocab").fetchone()[0]
+    if n_ids is not None and n_vocab < n_ids:
+        raise Gpt2SqlError(f"config.json has vocab_size {n_vocab}, smaller than the tokenizer's {n_ids} token ids "
+                           "(up to <|endoftext|>): this model could not embed every token")
 
 
 def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, dtype: str) -> None:
@@ -107,8 +151,8 @@ def _load_tokenizer_files(conn, directory: Path) -> None:
 def list_models(conn) -> list[dict]:
     """Loaded models with their hyperparameters and size on disk."""
     cur = conn.execute(
-        """SELECT m.*, (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
-                        WHERE c.relnamespace = to_regnamespace(m.schema_name) AND c.relkind = 'r')::bigint AS bytes,
+        """SELECT m.*, coalesce((SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
+                        WHERE c.relnamespace = to_regnamespace(m.schema_name) AND c.relkind = 'r'), 0)::bigint AS bytes,
                   m.name = gpt2.default_model() AS is_default
            FROM gpt2.models m ORDER BY m.name""")
     columns = [d.name for d in cur.description]
@@ -118,6 +162,9 @@ def list_models(conn) -> list[dict]:
 def drop_model(conn, name: str) -> None:
     """Remove a model and its tables."""
     with conn.transaction():
+        schema = conn.execute("SELECT schema_name FROM gpt2.models WHERE name = %s", (name,)).fetchone()
+        if schema:
+            _lock_schema(conn, schema[0])  # not in the middle of a reload of the same model
         row = conn.execute("DELETE FROM gpt2.models WHERE name = %s RETURNING schema_name", (name,)).fetchone()
         if row is None:
             raise Gpt2SqlError(f"no model named {name!r} is loaded")

@@ -140,6 +140,7 @@ def _replace_tables(conn, vocab: dict[str, int], merges: list[tuple[int, int, in
     _copy(conn, "merges", ("rank", "left_id", "right_id", "merged_id"), ("int4",) * 4, merges)
     for table in ("bytes_to_unicode", "vocab", "merges"):
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("gpt2", table)))
+    conn.execute("REFRESH MATERIALIZED VIEW gpt2.merge_reach")  # derived from vocab and merges: BPE of long pieces
 
 
 def _copy(conn, table: str, columns, types, rows) -> None:

@@ -2,7 +2,8 @@
 --
 -- Python twin: OpenAI's encoder.py (tiktoken is the test reference):
 --   pieces = regex.findall(pat, text)                       -> gpt2.pretokenize(text)
---   bpe(''.join(byte_encoder[b] for b in piece.encode()))   -> gpt2.bpe(pieces)
+--   bpe(''.join(byte_encoder[b] for b in piece.encode()))   -> gpt2.bpe(pieces), and
+--                                 gpt2.bpe_rounds(pieces) for long ones (same ids, fewer rounds)
 --   encode(text)                                            -> gpt2.tokenize(text)
 --   bytes(...).decode('utf-8', errors='replace')            -> gpt2.decode_bytes(bytea)
 --   decode(ids)                                             -> gpt2.detokenize(ids)
@@ -177,6 +178,187 @@ SELECT * FROM walk
 $$;
 
 -- ---------------------------------------------------------------------------------------
+-- BPE for long pieces: many merges per round
+-- ---------------------------------------------------------------------------------------
+
+-- gpt2.bpe merges one pair per round and probes every adjacent pair of the piece each
+-- round: a piece of n bytes costs O(n) per round for up to n rounds, so one word of
+-- 100,000 random letters took 86 s. gpt2.bpe_rounds gives the same ids in a few rounds
+-- (14 for those 100,000 letters, 3 s), each O(n), by merging at once every pair that
+-- sequential BPE is certain to merge next at that place:
+--
+--   pair i = (t_i, t_i+1) of rank r is merged this round when
+--   (1) r is lower than the ranks of pairs i-1 and i+1, and
+--   (2) r is the lowest rank left in the piece, or no pair of lower rank lies within
+--       reach: left of t_i, closer than the longest merge product that ends with t_i
+--       (left_reach(t_i) bytes); right of t_i+1, closer than the longest merge product
+--       that begins with t_i+1 (right_reach(t_i+1) bytes).
+--
+-- Why this is exact: sequential BPE applies merges in increasing rank (a merge that uses
+-- a new token ranks after the merge that made it). Pair i is undone only if t_i or t_i+1
+-- is first taken into another token by a merge of lower rank. Taking t_i from the left
+-- means merging (Z, t_i) with Z built from the tokens left of it; the first merge inside
+-- Z joins two tokens that are adjacent now, has a lower rank than r, and lies within Z,
+-- so within left_reach(t_i) bytes of t_i's end. With no such pair (or when r is the
+-- lowest rank of all), nothing can take t_i before rank r, and the same holds on the right.
+-- subtle: (1) alone is wrong. In "enth", e+n (rank 12) and t+h (144) are both lower than
+--   their neighbours, but en+t (42) comes before t+h and takes the t: BPE gives [ent, h],
+--   not [en, th].
+-- subtle: equal neighbours are one token repeated (a a a: the pairs a+a share a rank).
+--   encoder.py merges such a run left to right, (aa)(aa)a, so the whole run counts as one
+--   unit for (1) and (2), judged at its two ends, and every other pair from its left end
+--   is merged.
+--
+-- State of a piece between rounds (arrays, one element per token or per adjacent pair):
+--   ids    int[]    [n]      the tokens
+--   starts int[]    [n + 1]  byte offset of each token in the piece, then the piece's length
+--   rm     bigint[] [n - 1]  rank << 32 | merged id of each adjacent pair (gpt2.no_merge(): none),
+--                            so that comparing rm compares ranks
+--   ll, rl int[]    [n]      each token's left_reach and right_reach (gpt2.merge_reach)
+--   low    bigint            min(rm): the piece's lowest rank (NULL or no_merge(): done)
+-- subtle: ids[i] is O(1) only on an array held in memory. A stored (TOASTed) array is
+--   decompressed at every subscript, which would make each round quadratic again; these
+--   arrays never leave the recursive query.
+
+-- The reach of each token, derived from gpt2.merges and gpt2.vocab. It is refreshed after
+-- every tokenizer load (loader/tokenizer.py) and here, when this file is applied.
+CREATE MATERIALIZED VIEW IF NOT EXISTS gpt2.merge_reach AS
+WITH product AS (   -- every merge with the byte length of the token it makes
+    SELECT m.left_id, m.right_id, length(v.bytes) AS len
+    FROM gpt2.merges AS m JOIN gpt2.vocab AS v ON v.id = m.merged_id
+)
+SELECT v.id,
+       coalesce(l.len, 0) AS left_reach,    -- longest merge product (x, id): 0 when none
+       coalesce(r.len, 0) AS right_reach    -- longest merge product (id, x)
+FROM gpt2.vocab AS v
+LEFT JOIN (SELECT right_id AS id, max(len) AS len FROM product GROUP BY right_id) AS l USING (id)
+LEFT JOIN (SELECT left_id AS id, max(len) AS len FROM product GROUP BY left_id) AS r USING (id);
+CREATE UNIQUE INDEX IF NOT EXISTS merge_reach_id ON gpt2.merge_reach (id) INCLUDE (left_reach, right_reach);
+REFRESH MATERIALIZED VIEW gpt2.merge_reach;
+-- Whoever may read the vocabulary may read its reach, also a role that was granted SELECT
+-- on gpt2's tables before this view existed (README: Read-only users).
+DO $$
+DECLARE
+    reader text;
+BEGIN
+    FOR reader IN SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+                  FROM pg_class AS c, aclexplode(c.relacl) AS a
+                  WHERE c.oid = 'gpt2.vocab'::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT SELECT ON gpt2.merge_reach TO %s', reader);
+    END LOOP;
+END
+$$;
+
+-- The rm value of a pair that is no merge: above every rank << 32 | merged id.
+CREATE OR REPLACE FUNCTION gpt2.no_merge() RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 9223372036854775807::bigint   -- the largest bigint
+$$;
+
+-- One round of gpt2.bpe_rounds on one piece: the state after merging every pair that the
+-- rule above selects.
+CREATE OR REPLACE FUNCTION gpt2.bpe_round(ids int[], starts int[], rm bigint[], ll int[], rl int[], low bigint)
+RETURNS TABLE (ids int[], starts int[], rm bigint[], ll int[], rl int[], low bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+WITH
+-- candidate: pairs lower than both neighbours, and the pairs of runs (a a a)   [<= n - 1]
+candidate AS MATERIALIZED (
+    SELECT i, coalesce(rm[i] = rm[i - 1], false) OR coalesce(rm[i] = rm[i + 1], false) AS in_run
+    FROM generate_series(1, cardinality(ids) - 1) AS i
+    WHERE rm[i] < gpt2.no_merge()
+      AND (   (rm[i] < coalesce(rm[i - 1], gpt2.no_merge()) AND rm[i] < coalesce(rm[i + 1], gpt2.no_merge()))
+           OR rm[i] = rm[i - 1] OR rm[i] = rm[i + 1])
+),
+-- unit: pairs p..q judged together: a single pair (p = q), or a whole run
+unit AS (
+    SELECT i AS p, i AS q FROM candidate WHERE NOT in_run
+    UNION ALL
+    SELECT p, max(i) FROM (
+        SELECT i, max(CASE WHEN rm[i - 1] IS DISTINCT FROM rm[i] THEN i END) OVER (ORDER BY i) AS p
+        FROM candidate WHERE in_run) AS run
+    GROUP BY p
+),
+-- merged: the pairs merged this round (in a run: p, p + 2, ...), by the rule (1) and (2)
+merged AS MATERIALIZED (
+    SELECT i
+    FROM unit AS u, generate_series(u.p, u.q, 2) AS i
+    WHERE rm[u.p] < coalesce(rm[u.p - 1], gpt2.no_merge()) AND rm[u.p] < coalesce(rm[u.q + 1], gpt2.no_merge())
+      AND (rm[u.p] = low OR (
+               NOT EXISTS (SELECT FROM generate_series(greatest(1, u.p + 1 - ll[u.p]), u.p - 2) AS j  -- left of t_p
+                           WHERE rm[j] < rm[u.p] AND starts[u.p + 1] - starts[j] <= ll[u.p])
+           AND NOT EXISTS (SELECT FROM generate_series(u.q + 2, least(cardinality(ids) - 1, u.q - 1 + rl[u.q + 1])) AS j
+                           WHERE rm[j] < rm[u.p] AND starts[j + 2] - starts[u.q + 1] <= rl[u.q + 1])))  -- right of t_q+1
+),
+-- starts_merge: for each token, whether the pair it begins is merged           [n]
+starts_merge AS MATERIALIZED (
+    SELECT ARRAY(SELECT g.i IN (SELECT i FROM merged) FROM generate_series(1, cardinality(ids)) AS g(i) ORDER BY g.i) AS m
+),
+-- kept: the tokens after this round, at their old index i; next: the old index after it
+kept AS MATERIALIZED (
+    SELECT g.i, s.m[g.i] AS new, g.i + 1 + s.m[g.i]::int AS next,
+           CASE WHEN s.m[g.i] THEN (rm[g.i] & 4294967295)::int ELSE ids[g.i] END AS id   -- low 32 bits: merged id
+    FROM starts_merge AS s, generate_series(1, cardinality(ids)) AS g(i)
+    WHERE NOT coalesce(s.m[g.i - 1], false)
+),
+-- pairs: each kept token, its reach, and the rm of the pair it begins: unchanged, or probed
+pairs AS (
+    SELECT k.i, k.id,
+           CASE WHEN k.next > cardinality(ids) THEN NULL
+                WHEN NOT (k.new OR s.m[k.next]) THEN rm[k.i]
+                ELSE coalesce((SELECT (m.rank::bigint << 32) | m.merged_id FROM gpt2.merges AS m
+                               WHERE m.pair = (k.id::bigint << 32)
+                                            | CASE WHEN s.m[k.next] THEN (rm[k.next] & 4294967295)::int ELSE ids[k.next] END),
+                              gpt2.no_merge()) END AS rm,
+           CASE WHEN k.new THEN (SELECT r.left_reach FROM gpt2.merge_reach AS r WHERE r.id = k.id) ELSE ll[k.i] END AS ll,
+           CASE WHEN k.new THEN (SELECT r.right_reach FROM gpt2.merge_reach AS r WHERE r.id = k.id) ELSE rl[k.i] END AS rl
+    FROM kept AS k, starts_merge AS s
+    ORDER BY k.i
+)
+SELECT array_agg(p.id ORDER BY p.i), array_agg(starts[p.i] ORDER BY p.i) || starts[cardinality(starts)],
+       array_agg(p.rm ORDER BY p.i) FILTER (WHERE p.rm IS NOT NULL), array_agg(p.ll ORDER BY p.i),
+       array_agg(p.rl ORDER BY p.i), min(p.rm)
+FROM pairs AS p
+$$;
+
+-- The final ids of each distinct piece, the same as gpt2.bpe's, and the rounds it took:
+-- gpt2.bpe_rounds(ARRAY[' Mississippilessly']) = (' Mississippilessly', '{12732,3974,30608,306}', 9),
+-- where gpt2.bpe takes 12 steps.
+CREATE OR REPLACE FUNCTION gpt2.bpe_rounds(pieces text[])
+RETURNS TABLE (piece text, ids int[], rounds int)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+WITH RECURSIVE
+-- byte_token: each byte's token id and reach, indexed by byte + 1              [256]
+byte_token AS MATERIALIZED (
+    SELECT array_agg(u.id ORDER BY u.b) AS ids, array_agg(r.left_reach ORDER BY u.b) AS ll,
+           array_agg(r.right_reach ORDER BY u.b) AS rl
+    FROM gpt2.bytes_to_unicode AS u JOIN gpt2.merge_reach AS r ON r.id = u.id
+),
+-- byte_split: each distinct piece as one token per UTF-8 byte
+byte_split AS (
+    SELECT p.piece,
+           ARRAY(SELECT bt.ids[get_byte(p.utf8, i) + 1] FROM generate_series(0, length(p.utf8) - 1) AS i ORDER BY i) AS ids,
+           ARRAY(SELECT i FROM generate_series(0, length(p.utf8)) AS i ORDER BY i) AS starts,
+           ARRAY(SELECT bt.ll[get_byte(p.utf8, i) + 1] FROM generate_series(0, length(p.utf8) - 1) AS i ORDER BY i) AS ll,
+           ARRAY(SELECT bt.rl[get_byte(p.utf8, i) + 1] FROM generate_series(0, length(p.utf8) - 1) AS i ORDER BY i) AS rl
+    FROM (SELECT DISTINCT x AS piece, convert_to(x, 'UTF8') AS utf8 FROM unnest(pieces) AS x) AS p, byte_token AS bt
+),
+-- walk: one row per piece per round, until no pair of the piece is a merge
+walk AS (
+    SELECT s.piece, 0 AS round, s.ids, s.starts, r.rm, s.ll, s.rl, (SELECT min(x) FROM unnest(r.rm) AS x) AS low
+    FROM byte_split AS s
+    CROSS JOIN LATERAL (   -- the rm of every adjacent pair
+        SELECT ARRAY(SELECT coalesce((SELECT (m.rank::bigint << 32) | m.merged_id FROM gpt2.merges AS m
+                                      WHERE m.pair = (s.ids[i]::bigint << 32) | s.ids[i + 1]), gpt2.no_merge())
+                     FROM generate_series(1, cardinality(s.ids) - 1) AS i ORDER BY i) AS rm) AS r
+    UNION ALL
+    SELECT w.piece, w.round + 1, r.*
+    FROM walk AS w, LATERAL gpt2.bpe_round(w.ids, w.starts, w.rm, w.ll, w.rl, w.low) AS r
+    WHERE w.low < gpt2.no_merge()
+)
+SELECT piece, ids, round FROM walk WHERE coalesce(low, gpt2.no_merge()) = gpt2.no_merge()
+$$;
+
+-- ---------------------------------------------------------------------------------------
 -- tokenize: text -> ids
 -- ---------------------------------------------------------------------------------------
 
@@ -189,11 +371,16 @@ WITH
 pieces AS MATERIALIZED (
     SELECT ord, piece FROM gpt2.pretokenize(input)
 ),
--- merged: the final ids of each distinct piece (a repeated word is merged once)
+-- merged: the final ids of each distinct piece (a repeated word is merged once). Pieces
+-- of up to 64 bytes take gpt2.bpe, longer ones gpt2.bpe_rounds: measured on random
+-- letters, one merge per round is cheaper up to about 64 bytes, and quadratic beyond.
 merged AS (
     SELECT b.piece, b.ids
-    FROM gpt2.bpe(ARRAY(SELECT DISTINCT piece FROM pieces)) AS b
+    FROM gpt2.bpe(ARRAY(SELECT DISTINCT piece FROM pieces WHERE octet_length(piece) <= 64)) AS b
     WHERE b.done
+    UNION ALL
+    SELECT r.piece, r.ids
+    FROM gpt2.bpe_rounds(ARRAY(SELECT DISTINCT piece FROM pieces WHERE octet_length(piece) > 64)) AS r
 )
 -- tokens: the pieces' ids, concatenated in text order                         [n_tokens]
 SELECT coalesce(array_agg(t.id ORDER BY p.ord, t.k), '{}')

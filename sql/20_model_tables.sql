@@ -74,7 +74,8 @@ $$;
 
 -- Make `name` (default: gpt2.default_model()) the model the stage functions read, for the
 -- session, or with is_local until the end of the transaction (what generation uses).
--- Returns the model's row; a one-line error when there is no such model.
+-- Returns the model's row; a one-line error when there is no such model, or when this
+-- role may not read it.
 CREATE OR REPLACE FUNCTION gpt2.use_model(name text DEFAULT NULL, is_local boolean DEFAULT false) RETURNS gpt2.models
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -89,22 +90,37 @@ BEGIN
         RAISE EXCEPTION 'no model named "%" is loaded (loaded: %)', wanted,
             coalesce((SELECT string_agg(models.name, ', ' ORDER BY models.name) FROM gpt2.models), 'none');
     END IF;
+    -- subtle: without USAGE on the schema, search_path skips it silently and every stage
+    -- function would fail later with a misleading "relation does not exist"
+    IF NOT has_schema_privilege(m.schema_name, 'USAGE')
+       OR NOT has_table_privilege(format('%I.wte', m.schema_name), 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for model "%" (schema %)', m.name, m.schema_name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('its owner can run: GRANT USAGE ON SCHEMA %1$I TO %2$I; GRANT SELECT ON ALL TABLES IN SCHEMA %1$I TO %2$I;',
+                                m.schema_name, current_user);
+    END IF;
     PERFORM set_config('search_path', format('%I, gpt2, %I, public',
         m.schema_name, (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector')), is_local);
     RETURN m;
 END
 $$;
 
--- The model chosen by gpt2.use_model(): its schema is first on the search path.
+-- The model chosen by gpt2.use_model(): its schema is first on the search path. With none
+-- chosen (a fresh psql session), the default model, for the rest of the transaction.
 CREATE OR REPLACE FUNCTION gpt2.current_model() RETURNS gpt2.models
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     m gpt2.models;
+    -- model schemas are [a-z0-9_], never quoted on the search path
+    first text := btrim(split_part(current_setting('search_path'), ',', 1));
 BEGIN
     SELECT * INTO m FROM gpt2.models WHERE schema_name = current_schema();
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no model selected' USING HINT = 'SELECT gpt2.use_model(''gpt2'');  (or another name from gpt2.models)';
+    IF FOUND THEN
+        RETURN m;
     END IF;
-    RETURN m;
+    -- subtle: current_schema() skips a schema this role may not use: the model chosen last
+    -- may still be first on the search path, and use_model() says what is missing
+    SELECT * INTO m FROM gpt2.models WHERE schema_name = first;
+    RETURN gpt2.use_model(m.name, true);   -- m.name NULL (nothing chosen): the default model
 END
 $$;

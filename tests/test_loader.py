@@ -147,3 +147,91 @@ def test_bfloat16_checkpoint_is_one_line_error(runner, tmp_path):
     raw = json.dumps(header).encode()
     (directory / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
     assert_one_line_error(runner(["load", str(directory), "--name", "bf16"]), "BF16", "float32, float16")
+
+
+# --- model names and schemas -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("other", ["foo__loading", "FOO__LOADING", "foo.-loading"])
+def test_loading_keeps_a_model_whose_schema_looks_like_a_staging_schema(conn, runner, tmp_path, other):
+    """Loading foo used to build in model_foo__loading, dropping the model stored there."""
+    assert runner(["load", str(synthetic.write_checkpoint(tmp_path / "o", **TINY, seed=12)), "--name", other]).exit_code == 0
+    before = logits(conn, other)
+    try:
+        assert runner(["load", str(synthetic.write_checkpoint(tmp_path / "f", **TINY, seed=13)), "--name", "foo"]).exit_code == 0
+        np.testing.assert_array_equal(logits(conn, other), before)
+        listing = runner(["models"])
+        assert listing.exit_code == 0 and f" {other} " in listing.output and " foo " in listing.output
+    finally:
+        runner(["drop", other])
+        runner(["drop", "foo"])
+
+
+def test_longest_accepted_name_loads_and_longer_is_one_line_error(conn, runner, tmp_path):
+    """PostgreSQL cuts identifiers at 63 bytes: every accepted name must get a schema of its own."""
+    limit = int(conn.execute("SHOW max_identifier_length").fetchone()[0]) - len("model_")
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=14)
+    longest = "L" + "x" * (limit - 1)
+    try:
+        assert runner(["load", str(directory), "--name", longest]).exit_code == 0
+        assert np.isfinite(logits(conn, longest)).all()
+    finally:
+        runner(["drop", longest])
+    assert_one_line_error(runner(["load", str(directory), "--name", longest + "y"]), f"at most {limit}")
+    assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name LIKE 'Lxxx%'").fetchone()[0] == 0
+
+
+def test_empty_name_is_one_line_error(runner, tmp_path):
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY)
+    assert_one_line_error(runner(["load", str(directory), "--name", ""]), "empty")
+
+
+def test_concurrent_loads_of_names_sharing_a_schema(dsn, conn, tmp_path):
+    """a.b and a_b both live in model_a_b: the second load waits for the first, then says so."""
+    import threading
+
+    import psycopg
+
+    from gpt2sql import db
+    from gpt2sql.errors import Gpt2SqlError
+    from gpt2sql.loader import model as loader
+
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=15)
+    first_copying, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    def pause(_):  # the first load holds its transaction open until the second one waits
+        first_copying.set()
+        release.wait(60)
+
+    def load(name, progress=None):
+        try:
+            with db.connect(dsn) as c:
+                outcome[f"{name} pid"] = c.info.backend_pid
+                loader.load_model(c, directory, name, progress=progress)
+            outcome[name] = "loaded"
+        except (Gpt2SqlError, psycopg.Error) as e:
+            outcome[name] = e
+
+    first = threading.Thread(target=load, args=("a.b", pause))
+    first.start()
+    assert first_copying.wait(60)
+    second = threading.Thread(target=load, args=("a_b",))
+    second.start()
+    try:
+        for _ in range(600):  # until the second load blocks (on the lock, or on the first load's schema)
+            pid = outcome.get("a_b pid")
+            if "a_b" in outcome or (pid and conn.execute(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]):
+                break
+            threading.Event().wait(0.1)
+    finally:
+        release.set()
+        first.join(60)
+        second.join(60)
+    try:
+        assert outcome["a.b"] == "loaded"
+        assert isinstance(outcome["a_b"], Gpt2SqlError) and "collides with the loaded model 'a.b'" in str(outcome["a_b"]), outcome
+    finally:
+        conn.execute("SELECT 1")
+        loader.drop_model(conn, "a.b")
