@@ -90,6 +90,11 @@ BEGIN
         RAISE EXCEPTION 'no model named "%" is loaded (loaded: %)', wanted,
             coalesce((SELECT string_agg(models.name, ', ' ORDER BY models.name) FROM gpt2.models), 'none');
     END IF;
+    IF m.layout <> gpt2.layout_version() THEN
+        RAISE EXCEPTION 'model "%" was loaded by an older gpt2sql (table layout %, this one reads %)',
+            m.name, m.layout, gpt2.layout_version()
+            USING HINT = format('load it again: gpt2sql load %s --name %s --dtype %s', m.source, m.name, m.dtype);
+    END IF;
     -- subtle: without USAGE on the schema, search_path skips it silently and every stage
     -- function would fail later with a misleading "relation does not exist"
     IF NOT has_schema_privilege(m.schema_name, 'USAGE')

@@ -15,6 +15,7 @@
 CREATE OR REPLACE FUNCTION gpt2.embed_at(ids int[], positions int[]) RETURNS vector[]
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
+    m gpt2.models := gpt2.current_model();   -- first: it puts the model's tables on the search path
     xs vector[];
 BEGIN
     SELECT array_agg(e.w::vector + p.w::vector ORDER BY u.t) INTO xs   -- [n_seq, n_embd]
@@ -23,7 +24,7 @@ BEGIN
     JOIN wpe p ON p.pos = u.pos;
     IF coalesce(array_length(xs, 1), 0) <> coalesce(array_length(ids, 1), 0) THEN
         RAISE EXCEPTION 'token id or position out of range for model "%" (ids %, positions %)',
-            (gpt2.current_model()).name, ids, positions;
+            m.name, ids, positions;
     END IF;
     RETURN xs;
 END
