@@ -3,6 +3,7 @@
     python bench/bench_generate.py                      # 124M: prefill and decode at 64-960 tokens
     python bench/bench_generate.py --sizes gpt2-medium,gpt2-large,gpt2-xl --lengths 64 --dtypes float16
     python bench/bench_generate.py --batch              # 1-16 prompts decoded together
+    python bench/bench_generate.py --one-core --dtypes float16   # SQL without parallel workers
 
 Random weights in the shapes of the GPT-2 sizes (the timings depend on shapes only), loaded
 through the same loader users run. The yardstick is bench/numpy_gpt2.py: float32, a KV
@@ -146,14 +147,19 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float16,float32")
     parser.add_argument("--steps", type=int, default=10, help="decode steps timed at each length (median)")
     parser.add_argument("--batch", action="store_true", help="the batch curve (gpt2's shapes) instead")
+    parser.add_argument("--one-core", action="store_true",
+                        help="no parallel workers (max_parallel_workers = 0): what both cores win")
     args = parser.parse_args()
 
     from gpt2sql import db
 
     conn = db.connect(args.dsn)
+    if args.one_core:
+        conn.execute("SET max_parallel_workers = 0")  # parallel maps then run their units in this process
     print(f"PostgreSQL {conn.execute('SHOW server_version').fetchone()[0]}, "
           f"pgvector {conn.execute('SELECT extversion FROM pg_extension WHERE extname = %s', ('vector',)).fetchone()[0]}, "
-          f"NumPy {np.__version__}; {args.steps} decode steps per length (median)")
+          f"NumPy {np.__version__}; {args.steps} decode steps per length (median)"
+          f"{'; SQL on one core' if args.one_core else ''}")
     for size in (["gpt2"] if args.batch else args.sizes.split(",")):
         n_layer, n_embd, n_head = SIZES[size]
         tmp = Path(tempfile.mkdtemp(prefix="gpt2sql-bench-"))

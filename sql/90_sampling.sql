@@ -36,22 +36,57 @@ $$;
 RESET check_function_bodies;
 
 -- All next-token logits of one or several final hidden states: [n, n_vocab] (one pass over
--- the LM head for all of them: gpt2.head_products_16, stage 4). logits[i:i] is row i.
+-- the LM head for all of them: gpt2.head_products_%G, stage 4). logits[i:i] is row i.
 CREATE OR REPLACE FUNCTION gpt2.head(xs vector[]) RETURNS float8[]
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF cardinality(xs) = 1 THEN
-        RETURN ARRAY[gpt2.head_products_1(xs[1])];
-    END IF;
-    RETURN gpt2.head_products_16(xs);
+    RETURN CASE gpt2.kernel_width(cardinality(xs))
+               WHEN 2 THEN CASE WHEN cardinality(xs) = 1 THEN ARRAY[gpt2.head_products_1(xs[1])]
+                                ELSE gpt2.head_products_2(xs) END
+               WHEN 4 THEN gpt2.head_products_4(xs)
+               WHEN 8 THEN gpt2.head_products_8(xs)
+               ELSE gpt2.head_products_16(xs) END;
 END
 $$;
 
+-- A decode step pays the next two for every sequence, over all n_vocab logits: they walk the
+-- array in PL/pgSQL loops, which cost less than unnest() and an aggregate (GPT-2's 50,257
+-- logits: 12 ms instead of 31 for logsumexp, 8 ms instead of 19 for argmax, whose sort
+-- found the top row).
+
 -- log sum exp of the logits (the log of softmax's denominator), shifted by the maximum.
 CREATE OR REPLACE FUNCTION gpt2.logsumexp(logits float8[]) RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT m.m + ln(sum(exp(greatest(l - m.m, -700)))) FROM (SELECT max(l) AS m FROM unnest(logits) AS l) AS m, unnest(logits) AS l
-    GROUP BY m.m
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    m float8 := '-Infinity';
+    s float8 := 0;
+    l float8;
+BEGIN
+    FOREACH l IN ARRAY logits LOOP
+        IF l > m THEN m := l; END IF;
+    END LOOP;
+    FOREACH l IN ARRAY logits LOOP
+        s := s + exp(greatest(l - m, -700));         -- exp() raises an error on underflow
+    END LOOP;
+    RETURN m + ln(s);
+END
+$$;
+
+-- The token of the largest logit, the lowest id on a tie (greedy decoding).
+CREATE OR REPLACE FUNCTION gpt2.argmax(logits float8[]) RETURNS int
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    m float8 := '-Infinity';
+    best int;
+    i int := 0;
+    l float8;
+BEGIN
+    FOREACH l IN ARRAY logits LOOP                   -- any shape: a row logits[i:i] too
+        IF l > m OR best IS NULL THEN m := l; best := i; END IF;
+        i := i + 1;
+    END LOOP;
+    RETURN best;
+END
 $$;
 
 -- The distribution sampled from, after temperature, top-k and top-p: most likely first,
@@ -90,9 +125,8 @@ LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     chosen int;
 BEGIN
-    IF temperature = 0 THEN                              -- argmax, the lowest id on a tie
-        SELECT (v.t - 1)::int INTO chosen FROM unnest(logits) WITH ORDINALITY AS v(l, t) ORDER BY v.l DESC, v.t LIMIT 1;
-        RETURN chosen;
+    IF temperature = 0 THEN
+        RETURN gpt2.argmax(logits);
     END IF;
     SELECT c.token INTO chosen FROM (
         SELECT p.rank, p.token, sum(p.prob) OVER (ORDER BY p.rank) AS cdf

@@ -89,6 +89,26 @@ def test_temperature_zero_is_argmax(last):
     assert token == int(np.argmax(logits))
 
 
+def test_argmax_and_logsumexp_on_crafted_logits(last):
+    """The loops behind greedy decoding and logprobs: ties go to the lowest id, a row of a
+    [n, n_vocab] array (logits[i:i]) works like a flat array, and logsumexp stays exact
+    when the logits span more than exp() can hold (underflow below e^-745)."""
+    conn = last[0]
+    rng = np.random.default_rng(5)
+    flat = rng.normal(0, 3, 1000)
+    flat[[17, 400, 999]] = flat.max() + 1  # a three-way tie for the maximum
+    spread = np.concatenate([rng.normal(0, 3, 500), [-2000.0, 900.0, 899.5]])
+    for logits in (flat, spread):
+        got_id, got_lse = conn.execute("SELECT gpt2.argmax(%s), gpt2.logsumexp(%s)", (logits.tolist(),) * 2).fetchone()
+        m = logits.max()
+        assert got_id == int(np.argmax(logits))
+        assert abs(got_lse - (m + math.log(np.exp(logits - m).sum()))) < 1e-9
+    rows = np.stack([flat[::-1], flat])
+    got = conn.execute("SELECT gpt2.argmax(a[2:2]), gpt2.logsumexp(a[1:1]) FROM (SELECT %s::float8[] AS a) AS t",
+                       (rows.tolist(),)).fetchone()
+    assert got[0] == 17 and abs(got[1] - (flat.max() + math.log(np.exp(flat - flat.max()).sum()))) < 1e-9
+
+
 def chi2_sf(x: float, dof: int) -> float:
     """P(X >= x) for X ~ chi-square(dof), integer dof: the regularized upper gamma Q(dof/2, x/2)."""
     h = x / 2
