@@ -10,7 +10,8 @@ through the same loader users run. The yardstick is bench/numpy_gpt2.py: float32
 cache, a batched prefill, logits for the last position only, BLAS on every core. Both
 sides are warm (plans and caches: SQL runs a short generation first) and compute the same
 things: a prefill ends with the last position's logits; a decode step feeds one token and
-chooses the next (greedy). Ratios are SQL time / NumPy time.
+chooses the next (greedy). Decode steps alternate between the two, so that a busy moment of
+this shared machine slows both. Ratios are SQL time / NumPy time.
 """
 
 from __future__ import annotations
@@ -46,35 +47,37 @@ def prompt_of(conn, n: int) -> str:
     return text
 
 
-def sql_run(conn, model: str, prompt: str, steps: int) -> tuple[float, float]:
-    """(prefill seconds, median ms per decode step) as the CLI runs them."""
+def prefill_both(conn, model: str, prompt: str, steps: int, reference: NumpyGPT2, ids: list[int], repeat: int = 3):
+    """(SQL prefill seconds, NumPy's best prefill seconds of `repeat`, NumPy's cache and logits).
+    A SQL prefill runs as the CLI runs it and ends with its first token chosen."""
+    best = float("inf")
+    for _ in range(repeat):
+        cache = reference.new_cache()
+        start = time.perf_counter()
+        logits = reference.step(cache, ids)
+        best = min(best, time.perf_counter() - start)
     conn.execute("SELECT gpt2.generate_start(%s, %s, %s, 0)", (prompt, model, steps + 2))
     start = time.perf_counter()
     conn.execute("SELECT gpt2.generate_prefill()")
     conn.execute("SELECT * FROM gpt2.generate_next()").fetchall()  # the prefill's logits -> the first token
-    prefill = time.perf_counter() - start
-    times = []
+    return time.perf_counter() - start, best, cache, logits
+
+
+def decode_both(conn, reference: NumpyGPT2, cache, logits, steps: int) -> tuple[float, float]:
+    """(SQL, NumPy) median ms per greedy decode step. The two take turns, step by step, so
+    that a busy moment of this shared machine slows both rather than one of them."""
+    sql_times, np_times = [], []
     for _ in range(steps):
+        token = [int(np.argmax(logits))]
+        reference.step(cache, token)  # untimed: wakes BLAS's threads, asleep during the SQL step (~2 ms)
+        cache["n"] -= 1               # and is taken back: the timed step writes the same position
+        start = time.perf_counter()
+        logits = reference.step(cache, token)
+        np_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         conn.execute("SELECT * FROM gpt2.generate_next()").fetchall()
-        times.append(time.perf_counter() - start)
-    return prefill, 1000 * statistics.median(times)
-
-
-def numpy_run(model: NumpyGPT2, ids: list[int], steps: int, repeat: int = 3) -> tuple[float, float]:
-    """(best prefill seconds of `repeat`, median ms per decode step)."""
-    best = float("inf")
-    for _ in range(repeat):
-        cache = model.new_cache()
-        start = time.perf_counter()
-        logits = model.step(cache, ids)
-        best = min(best, time.perf_counter() - start)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        logits = model.step(cache, [int(np.argmax(logits))])
-        times.append(time.perf_counter() - start)
-    return best, 1000 * statistics.median(times)
+        sql_times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(sql_times), 1000 * statistics.median(np_times)
 
 
 def load(conn, directory: Path, name: str, dtype: str) -> tuple[float, int]:
@@ -98,10 +101,10 @@ def bench_lengths(conn, size: str, directory: Path, dtypes, lengths, steps) -> N
     for dtype in dtypes:
         name = f"bench-{size}-{dtype}"
         load_s, size_b = load(conn, directory, name, dtype)
-        sql_run(conn, name, prompt_of(conn, 40), 2)  # warm: plans, function caches
+        conn.execute("SELECT count(*) FROM gpt2.generate(%s, %s, 3, 0)", (prompt_of(conn, 40), name))  # warm: plans
         for n in lengths:
-            np_prefill, np_decode = numpy_run(reference, ids[n], steps)
-            prefill, decode = sql_run(conn, name, prompts[n], steps)
+            prefill, np_prefill, cache, logits = prefill_both(conn, name, prompts[n], steps, reference, ids[n])
+            decode, np_decode = decode_both(conn, reference, cache, logits, steps)
             print(f"| {dtype} | {load_s:.1f} s | {size_b / 2**20:,.0f} MB | {n} | {prefill:.2f} s | {np_prefill:.3f} s | "
                   f"{prefill / np_prefill:.1f}x | {decode:.0f} ms | {np_decode:.1f} ms | {decode / np_decode:.1f}x |", flush=True)
         drop_model(conn, name)

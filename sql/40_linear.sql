@@ -14,13 +14,13 @@
 --                     executor (the query is unrolled %G times: gpt2.unroll, stage 0), so the
 --                     row overhead is shared by %G products. %G is 2, 4, 8 or 16, the smallest
 --                     that holds the positions (gpt2.kernel_width): an unrolled product costs
---                     ~0.13 us per row even when its position is empty (NULL), so 2 positions
---                     in a group of 16 take twice as long as in a group of 2 (c_fc: 10.5 ms
---                     against 4.9; 4 in 16 against 4 in 4: 13.4 against 7.3 ms).
+--                     time even when its position is empty (NULL), so 2 positions take 7.6 ms
+--                     of c_fc in a group of 16 and 2.6 ms in a group of 2.
 -- act is 'gelu' for mlp.c_fc (gpt2.activation, stage 6), applied to each number as it is made: a pass of
 -- its own over the vectors would cost twice as much (unnest, then rebuild).
--- Measured on GPT-2 124M's c_fc (768 x 3072, float16 weights), per product on one core:
--- ~0.35 us in linear_1, ~0.2 us in linear_16; the inner product itself is ~0.1 us.
+-- Measured by bench/bench_kernels.py on GPT-2 124M's c_fc (768 x 3,072, float16 weights),
+-- per product on one core: ~0.55 us in linear_1, ~0.33 us in linear_16, and ~0.2 us for 16
+-- bare products per row with nothing around them.
 --
 -- subtle: the products are computed in a subquery fenced with OFFSET 0 and used from
 --   above: an expression like gelu(b - (w <#> x)) would inline gelu's body, which names
