@@ -1,9 +1,9 @@
 """Tokens per second of gpt2.tokenize inside PostgreSQL, beside tiktoken on the same text.
 
-    python bench/bench_tokenizer.py [--dsn DSN] [--runs 9]
+    python bench/bench_tokenizer.py [--dsn DSN] [--runs 9] [--long-word 2000]
 
 Texts: bench/data/english.txt (~1,000 tokens of prose), bench/data/bpe_reference.py
-(~1,100 tokens of Python), and one "word" of 2,000 random ASCII letters (seed 0): BPE's
+(~1,100 tokens of Python), and one "word" of --long-word random ASCII letters (seed 0): BPE's
 worst case, since it rescans the word after every merge. Each is tokenized once in a fresh
 connection (first call: the regex is compiled, plans are made), then --runs times; the
 median is reported. tiktoken is built offline from loader/data, as in the tests, and must
@@ -20,7 +20,6 @@ import click
 
 HERE = Path(__file__).resolve().parent
 TEXTS = [HERE / "data" / "english.txt", HERE / "data" / "bpe_reference.py"]
-LONG_WORD = "random word (2,000 letters)"
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -46,11 +45,11 @@ def median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def long_word() -> str:
+def long_word(letters: int) -> str:
     import random
     import string
 
-    return "".join(random.Random(0).choices(string.ascii_letters, k=2000))
+    return "".join(random.Random(0).choices(string.ascii_letters, k=letters))
 
 
 def bench_text(conn, enc, name: str, text: str, runs: int) -> dict:
@@ -66,7 +65,9 @@ def bench_text(conn, enc, name: str, text: str, runs: int) -> dict:
 @click.command()
 @click.option("--dsn", default=None, envvar="GPT2SQL_DSN", help="PostgreSQL with pgvector. Default: the embedded server.")
 @click.option("--runs", default=9, show_default=True, type=click.IntRange(1), help="Timed runs per text (median).")
-def main(dsn: str | None, runs: int) -> None:
+@click.option("--long-word", "letters", default=2000, show_default=True, type=click.IntRange(1),
+              help="Letters in the random word (100000: README's long-word limit).")
+def main(dsn: str | None, runs: int, letters: int) -> None:
     """Benchmark gpt2.tokenize against tiktoken: English, Python, and one long random word."""
     from gpt2sql import db
 
@@ -76,7 +77,8 @@ def main(dsn: str | None, runs: int) -> None:
     click.echo(f"PostgreSQL {version}; median of {runs} runs; tiktoken median of {max(runs, 50)}")
     click.echo(f"{'text':<27} {'tokens':>6} {'first call':>10} {'sql median':>10} {'sql tok/s':>10} "
                f"{'tiktoken tok/s':>14} {'tiktoken/sql':>12}  ids")
-    texts = [(path.name, path.read_text(encoding="utf-8")) for path in TEXTS] + [(LONG_WORD, long_word())]
+    texts = [(path.name, path.read_text(encoding="utf-8")) for path in TEXTS]
+    texts.append((f"random word ({letters:,} letters)", long_word(letters)))
     for name, text in texts:
         r = bench_text(conn, enc, name, text, runs)
         click.echo(f"{r['name']:<27} {r['tokens']:>6} {r['first'] * 1e3:>7.1f} ms {r['sql'] * 1e3:>7.1f} ms "

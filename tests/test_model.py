@@ -101,6 +101,21 @@ def test_kv_cache_decode_equals_full_forward(conn, models):
     assert n_cached == len(ids)
 
 
+@pytest.mark.parametrize("n_layer", [2, 12, 48])
+def test_decode_folds_take_turns(conn, n_layer):
+    """Each layer folds its decode values into the transposed cache once every
+    kv_fold_every positions, and the layers take turns: a step that folded them all was
+    three times as long as the others."""
+    every = conn.execute("SELECT gpt2.kv_fold_every()").fetchone()[0]
+    due = conn.execute("SELECT l, p FROM generate_series(0, %s - 1) AS l, generate_series(0, %s) AS p "
+                       "WHERE gpt2.kv_fold_due(l, %s, p)", (n_layer, 3 * every - 1, n_layer)).fetchall()
+    for layer in range(n_layer):
+        positions = [p for l, p in due if l == layer]
+        assert len(positions) == 3 and positions[1] - positions[0] == positions[2] - positions[1] == every, (layer, positions)
+    busiest = max(sum(1 for _, p in due if p == q) for q in range(3 * every))
+    assert busiest == -(-n_layer // every), busiest
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_widest_gpt2_width_loads_and_matches(conn, tmp_path, runner, dtype, monkeypatch):
