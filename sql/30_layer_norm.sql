@@ -2,7 +2,8 @@
 --
 -- NumPy twin: tests/reference.py layer_norm(x, g, b, eps).
 --   layer_norm(x) = g * (x - mean(x)) / sqrt(var(x) + eps) + b      x, g, b: [n_embd]
--- gpt2.ln(tensor, layer, xs) applies the model's ln_1 / ln_2 / ln_f to every position.
+-- gpt2.ln(tensor, layer, xs) applies the model's ln_1 / ln_2 / ln_f to every position:
+-- xs [n] of [n_embd] -> [n] of [n_embd].
 --
 -- Everything is pgvector arithmetic on float32 vectors: a sum is an inner product with a
 -- vector of ones, and a scalar becomes a constant vector (pgvector has no scalar * vector).
@@ -14,19 +15,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT array_fill(v::real, ARRAY[n])::vector
 $$;
 
--- One vector. (The two-pass variance of NumPy: the mean first, then the centered squares.)
-CREATE OR REPLACE FUNCTION gpt2.layer_norm(x vector, g vector, b vector, eps float8) RETURNS vector
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-DECLARE
-    n int := vector_dims(x);
-    d vector := x - gpt2.fill(-(x <#> gpt2.fill(1, n)) / n, n);     -- x - mean(x); <#> is the NEGATIVE inner product
-BEGIN
-    RETURN d * g * gpt2.fill(1 / sqrt(-(d <#> d) / n + eps), n) + b;
-END
-$$;
-
--- The model's layer norm `tensor` ('ln_1', 'ln_2' or 'ln_f') of `layer`, at every position:
--- the same arithmetic as gpt2.layer_norm, set-based (one statement for all positions).
+-- The model's layer norm `tensor` ('ln_1', 'ln_2' or 'ln_f') of `layer`, at every position
+-- (one statement for all of them). The two-pass variance of NumPy: the mean first, then the
+-- centered squares.
 CREATE OR REPLACE FUNCTION gpt2.ln(tensor text, layer int, xs vector[]) RETURNS vector[]
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE

@@ -1,23 +1,22 @@
--- Stage 7b: the work of a block on both cores (PostgreSQL's parallel query).
+-- Stage 7b: the work of a layer on both cores (PostgreSQL's parallel query).
 --
 -- NumPy twin: none (NumPy's BLAS uses both cores inside each matrix product).
--- gpt2.parallel_map(fn, layer, xs, ys, args) computes fn in units spread over parallel workers:
---   'block_in'      stage 7's half before the heads, on units of gpt2.parallel_unit() positions
---   'block_out'     stage 7's half after the heads (ys: the heads' outputs), likewise
---   'block_out_in'  block_out of `layer`, then block_in of the next layer: one map where
---                   two would start their workers twice; [x, qkv] per position, interleaved
---   'attend_fresh'  stage 5's heads of fresh prefills, one unit per (sequence, head); args: where
---                   each sequence's rows start in xs (its qkv), and the end
--- and returns the units' results one after the other:
+-- Two kinds of work are split into units that parallel workers compute side by side:
+--   gpt2.steps(layer, xs, heads, ...)   stage 7's block_step, in units of gpt2.parallel_unit()
+--                                       positions; returns the units' results joined (gpt2.step_out)
+--   gpt2.mha(layer, seqs, positions, qkv)   stage 5's heads: fresh prefills in units of one
+--                                       (sequence, head) each (gpt2.attend_fresh_16), anything
+--                                       else against the cache (gpt2.attend_cached)
+-- A unit is a row of gpt2.units; a Parallel Seq Scan hands those rows to the workers one at a
+-- time (one row per page), so a worker that finishes early takes the next unit:
 --
---   SELECT u.g, gpt2.map_unit(fn, layer, xs, ys, args, u.g) FROM gpt2.units u WHERE u.g < n_units
+--   SELECT u.g, gpt2.block_step(layer, xs[g*16+1 : g*16+16], ...) FROM gpt2.units u WHERE u.g < n_units
 --
--- A Parallel Seq Scan hands the rows of gpt2.units (one per page, stage 0) to the workers
--- one at a time, so a worker that finishes early takes the next unit. Measured on GPT-2
--- 124M's shapes, 2 cores: see README (Speed).
+-- A job with more units than gpt2.units has rows runs in rounds of that many.
+-- Measured on GPT-2 124M's shapes, 2 cores: docs/performance.md.
 --
 -- subtle: only RETURN QUERY runs a PL/pgSQL query in parallel (SELECT INTO asks for one row
---   and runs serially), hence the set-returning gpt2.map_units.
+--   and runs serially), hence the set-returning gpt2.step_units and gpt2.head_units.
 -- subtle: the leader does not take units itself (parallel_leader_participation = off): a
 --   unit's result is hundreds of kB, and a worker whose result waits in the 64 kB tuple
 --   queue stalls until the leader, busy with a unit of its own, reads it. Two workers
@@ -26,71 +25,126 @@
 -- subtle: a generic plan (plan_cache_mode): a custom one would inline xs into the plan as a
 --   constant, and the plan travels to the workers as text.
 -- subtle: below gpt2.parallel_min() positions a worker costs more than it saves (~6-20 ms to
---   start one and plan its statements); the map then runs in the calling process.
+--   start one and plan its statements); the work then runs in the calling process.
 -- subtle: workers see no temporary table (the KV cache): the units read only their arguments
 --   and the model's tables.
 
+-- One row per page (a 1 kB row under fillfactor 10), so the scan hands out one unit at a time.
+CREATE TABLE IF NOT EXISTS gpt2.units (g int PRIMARY KEY, pad text NOT NULL) WITH (fillfactor = 10);
+INSERT INTO gpt2.units SELECT g, repeat('.', 1000) FROM generate_series(0, 255) AS g ON CONFLICT DO NOTHING;
+
 CREATE OR REPLACE FUNCTION gpt2.parallel_unit() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT 16 $$;
 CREATE OR REPLACE FUNCTION gpt2.parallel_min() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT 32 $$;
+-- The most units one parallel query hands out (the rows of gpt2.units).
+CREATE OR REPLACE FUNCTION gpt2.parallel_round() RETURNS int LANGUAGE sql STABLE AS $$ SELECT count(*)::int FROM gpt2.units $$;
 
--- How many units fn takes for n = cardinality(xs) rows.
-CREATE OR REPLACE FUNCTION gpt2.map_size(fn text, n int, args int[]) RETURNS int
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT CASE fn WHEN 'attend_fresh' THEN (cardinality(args) - 1) * (gpt2.current_model()).n_head
-                   ELSE (n - 1) / gpt2.parallel_unit() + 1 END
-$$;
-
-CREATE OR REPLACE FUNCTION gpt2.map_unit(fn text, layer int, xs vector[], ys vector[], args int[], g int) RETURNS vector[]
-LANGUAGE plpgsql STABLE PARALLEL SAFE COST 1000000 AS $$
+-- block_step over units u0 .. u0 + count - 1 (positions unit*g + 1 .. unit*(g + 1)).
+CREATE OR REPLACE FUNCTION gpt2.step_units(layer int, xs vector[], heads vector[], record boolean,
+                                           attn_edit vector[], mlp_edit vector[], resid_edit vector[],
+                                           u0 int, count int)
+RETURNS TABLE (g int, r gpt2.step_out)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     unit int := gpt2.parallel_unit();
-    n_head int := (gpt2.current_model()).n_head;
 BEGIN
-    CASE fn
-        WHEN 'block_in' THEN RETURN gpt2.block_in(layer, xs[g * unit + 1 : g * unit + unit]);
-        WHEN 'block_out' THEN RETURN gpt2.block_out(layer, xs[g * unit + 1 : g * unit + unit], ys[g * unit + 1 : g * unit + unit]);
-        WHEN 'block_out_in' THEN
-            xs := gpt2.block_out(layer, xs[g * unit + 1 : g * unit + unit], ys[g * unit + 1 : g * unit + unit]);
-            RETURN ARRAY(SELECT v FROM unnest(xs, gpt2.block_in(layer + 1, xs)) WITH ORDINALITY AS u(x, qkv, t),
-                                LATERAL (VALUES (1, u.x), (2, u.qkv)) AS p(k, v)
-                         ORDER BY u.t, p.k);
-        WHEN 'attend_fresh' THEN                                   -- sequence g / n_head, head g % n_head
-            RETURN gpt2.attend_fresh_16(g % n_head, xs[args[g / n_head + 1] : args[g / n_head + 2] - 1]);
-    END CASE;
+    RETURN QUERY
+    SELECT u0 + u.g, gpt2.block_step(layer, xs[lo:hi], heads[lo:hi], record, attn_edit[lo:hi], mlp_edit[lo:hi],
+                                        resid_edit[lo:hi])
+    FROM gpt2.units u, LATERAL (SELECT (u0 + u.g) * unit + 1 AS lo, (u0 + u.g + 1) * unit AS hi) AS s
+    WHERE u.g < count;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION gpt2.map_units(fn text, layer int, xs vector[], ys vector[], args int[])
-RETURNS TABLE (g int, result vector[])
+-- attend_fresh_16 over units u0 .. u0 + count - 1: unit k is head k % n_head of the
+-- sequence whose rows of qkv are starts[k / n_head + 1] .. starts[k / n_head + 2] - 1.
+CREATE OR REPLACE FUNCTION gpt2.head_units(qkv vector[], starts int[], u0 int, count int)
+RETURNS TABLE (g int, r gpt2.head_out)
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    n_head int := (gpt2.current_model()).n_head;
 BEGIN
     RETURN QUERY
-    SELECT u.g, gpt2.map_unit(fn, layer, xs, ys, args, u.g)
+    SELECT u0 + u.g, gpt2.attend_fresh_16((u0 + u.g) % n_head,
+                                             qkv[starts[(u0 + u.g) / n_head + 1] : starts[(u0 + u.g) / n_head + 2] - 1])
     FROM gpt2.units u
-    WHERE u.g < gpt2.map_size(fn, cardinality(xs), args);
+    WHERE u.g < count;
 END
 $$;
-DROP FUNCTION IF EXISTS gpt2.map_units(text, int, vector[], vector[]);      -- an earlier form
-DROP FUNCTION IF EXISTS gpt2.map_unit(text, int, vector[], vector[]);
-DO $do$ DECLARE setting text; BEGIN
-    FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
-                                   'parallel_leader_participation = off', 'parallel_setup_cost = 0',
-                                   'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
-        EXECUTE 'ALTER FUNCTION gpt2.map_units(text, int, vector[], vector[], int[]) SET ' || setting;
+
+DO $do$ DECLARE f text; setting text; BEGIN
+    FOREACH f IN ARRAY ARRAY['gpt2.step_units(int, vector[], vector[], boolean, vector[], vector[], vector[], int, int)',
+                             'gpt2.head_units(vector[], int[], int, int)'] LOOP
+        FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
+                                       'parallel_leader_participation = off', 'parallel_setup_cost = 0',
+                                       'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
+            EXECUTE format('ALTER FUNCTION %s SET %s', f, setting);
+        END LOOP;
     END LOOP;
 END $do$;
 
-CREATE OR REPLACE FUNCTION gpt2.parallel_map(fn text, layer int, xs vector[], ys vector[], args int[] DEFAULT NULL)
-RETURNS vector[]
-LANGUAGE plpgsql STABLE AS $$
+-- block_step for every position of xs: in this process for a few, else in parallel units.
+CREATE OR REPLACE FUNCTION gpt2.steps(layer int, xs vector[], heads vector[], record boolean DEFAULT false,
+                                      attn_edit vector[] DEFAULT NULL, mlp_edit vector[] DEFAULT NULL,
+                                      resid_edit vector[] DEFAULT NULL)
+RETURNS gpt2.step_out
+LANGUAGE plpgsql AS $$
+DECLARE
+    n_units int := (cardinality(xs) - 1) / gpt2.parallel_unit() + 1;
+    round int := gpt2.parallel_round();
+    r gpt2.step_out := ROW('{}', '{}', '{}', '{}', '{}', '{}');
 BEGIN
-    IF cardinality(xs) < gpt2.parallel_min() THEN                 -- in this process, unit after unit
-        RETURN ARRAY(SELECT u.v FROM generate_series(0, gpt2.map_size(fn, cardinality(xs), args) - 1) AS g,
-                                     unnest(gpt2.map_unit(fn, layer, xs, ys, args, g)) WITH ORDINALITY AS u(v, k)
-                     ORDER BY g, u.k);
+    IF cardinality(xs) < gpt2.parallel_min() THEN
+        RETURN gpt2.block_step(layer, xs, heads, record, attn_edit, mlp_edit, resid_edit);
     END IF;
-    RETURN ARRAY(SELECT u.v FROM gpt2.map_units(fn, layer, xs, ys, args) AS m, unnest(m.result) WITH ORDINALITY AS u(v, k)
-                 ORDER BY m.g, u.k);
+    FOR u0 IN 0 .. n_units - 1 BY round LOOP                   -- (one round, but for the biggest jobs)
+        WITH u AS MATERIALIZED (SELECT * FROM gpt2.step_units(layer, xs, heads, record, attn_edit, mlp_edit, resid_edit,
+                                                               u0, least(round, n_units - u0)))
+        SELECT r.x || ARRAY(SELECT v FROM u, unnest((u.r).x) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
+               r.y || ARRAY(SELECT v FROM u, unnest((u.r).y) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
+               r.attn_out || ARRAY(SELECT v FROM u, unnest((u.r).attn_out) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
+               r.resid_mid || ARRAY(SELECT v FROM u, unnest((u.r).resid_mid) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
+               r.mlp_pre || ARRAY(SELECT v FROM u, unnest((u.r).mlp_pre) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
+               r.mlp_out || ARRAY(SELECT v FROM u, unnest((u.r).mlp_out) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k)
+        INTO r.x, r.y, r.attn_out, r.resid_mid, r.mlp_pre, r.mlp_out;
+    END LOOP;
+    IF NOT record OR heads IS NULL THEN                            -- (nothing was recorded: NULL, not '{}')
+        r.attn_out := NULL; r.resid_mid := NULL; r.mlp_pre := NULL; r.mlp_out := NULL;
+    END IF;
+    RETURN r;
 END
 $$;
-DROP FUNCTION IF EXISTS gpt2.parallel_map(text, int, vector[], vector[]);  -- an earlier form
+
+-- Causal multi-head attention of layer `layer` for new positions (rows sorted by sequence,
+-- then position; positions consecutive within a sequence): [n] of [n_embd], heads side by
+-- side, the keys and values appended to this connection's KV cache.
+CREATE OR REPLACE FUNCTION gpt2.mha(layer int, seqs int[], positions int[], qkv vector[]) RETURNS vector[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    n_head int := (gpt2.current_model()).n_head;
+    starts int[];                                                  -- where each sequence's rows start (and the end)
+    n_units int;
+    round int := gpt2.parallel_round();
+    heads gpt2.head_out[] := '{}';
+BEGIN
+    IF EXISTS (SELECT FROM unnest(seqs, positions) AS u(s, p) GROUP BY u.s HAVING min(u.p) > 0) THEN
+        RETURN gpt2.attend_cached(layer, seqs, positions, qkv);    -- some sequence goes on from its cache
+    END IF;
+    -- fresh prefills: every sequence starts at 0; its heads in parallel, and the cache from their results
+    starts := ARRAY(SELECT min(u.i) FROM unnest(seqs) WITH ORDINALITY AS u(s, i) GROUP BY u.s ORDER BY min(u.i))
+              || (cardinality(qkv) + 1);
+    n_units := (cardinality(starts) - 1) * n_head;
+    IF cardinality(qkv) < gpt2.parallel_min() THEN
+        heads := ARRAY(SELECT gpt2.attend_fresh_16(k % n_head, qkv[starts[k / n_head + 1] : starts[k / n_head + 2] - 1])
+                       FROM generate_series(0, n_units - 1) AS k ORDER BY k);
+    ELSE
+        FOR u0 IN 0 .. n_units - 1 BY round LOOP
+            heads := heads || ARRAY(SELECT h.r FROM gpt2.head_units(qkv, starts, u0, least(round, n_units - u0)) AS h
+                                    ORDER BY h.g);
+        END LOOP;
+    END IF;
+    RETURN gpt2.kv_store_fresh(layer, seqs, positions, qkv, starts, heads);
+END
+$$;
+
+ALTER FUNCTION gpt2.steps(int, vector[], vector[], boolean, vector[], vector[], vector[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.mha(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;

@@ -97,12 +97,10 @@ LANGUAGE sql AS $$
     SELECT (gpt2.generate_batch_start(ARRAY[prompt], model, max_tokens, temperature, top_k, top_p, seed, stop,
                                       top_logprobs))[1]
 $$;
-DROP FUNCTION IF EXISTS gpt2.generate_start(text, text, int, float8, int, float8, bigint, text[]);  -- earlier signature
 
 -- A one-line error unless this connection has a generation in progress; selects its model,
 -- and stops with a clear error if the model was dropped or loaded again since it started
 -- (a generation never goes on with other weights than it began with).
-DROP FUNCTION IF EXISTS gpt2.require_generation();    -- (returned void in earlier releases)
 CREATE OR REPLACE FUNCTION gpt2.require_generation() RETURNS gpt2.models
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -217,11 +215,6 @@ BEGIN
 END
 $$;
 
-DO $$ BEGIN   -- earlier releases returned fewer columns: drop that version first
-    IF (SELECT pg_get_function_result(oid) FROM pg_proc WHERE oid = to_regprocedure('gpt2.generate_next()')) NOT LIKE '%top jsonb%' THEN
-        DROP FUNCTION gpt2.generate_next();
-    END IF;
-END $$;
 CREATE OR REPLACE FUNCTION gpt2.generate_next()
 RETURNS TABLE (step int, id int, text text, bytes bytea, done boolean, logprob float8, top jsonb)
 LANGUAGE sql AS $$
@@ -235,7 +228,6 @@ LANGUAGE sql AS $$
 $$;
 
 -- Every generated token of one prompt, for psql: (step, id, text, logprob, top).
-DROP FUNCTION IF EXISTS gpt2.generate(text, text, int, float8, int, float8, bigint, text[]);  -- earlier signature
 CREATE OR REPLACE FUNCTION gpt2.generate(
     prompt text, model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
     top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL,

@@ -47,26 +47,38 @@ def attention(q, k, v):  # [n_q, d], [n_k, d], [n_k, d] -> [n_q, d]; one head, c
     return softmax(q @ k.T / math.sqrt(q.shape[-1]) + mask.astype(q.dtype)) @ v  # [n_q, d]
 
 
-def mha(x, c_attn, c_proj, n_head, kv=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
+def mha(x, c_attn, c_proj, n_head, kv=None, rec=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
     qkv = linear(x, **c_attn)  # [n_seq, n_embd] -> [n_seq, 3*n_embd]
     q, k, v = np.split(qkv, 3, axis=-1)  # 3 x [n_seq, n_embd]
     if kv is not None:  # the cache holds keys and values of the earlier positions
         k = np.concatenate([kv[0], k])  # [n_past + n_seq, n_embd]
         v = np.concatenate([kv[1], v])  # [n_past + n_seq, n_embd]
     heads = zip(*(np.split(t, n_head, axis=-1) for t in (q, k, v)))  # n_head x (q, k, v)
-    out = np.hstack([attention(qh, kh, vh) for qh, kh, vh in heads])  # [n_seq, n_embd]
-    return linear(out, **c_proj), (k, v)  # [n_seq, n_embd] -> [n_seq, n_embd]
+    z = np.hstack([attention(qh, kh, vh) for qh, kh, vh in heads])  # [n_seq, n_embd]
+    out = linear(z, **c_proj)  # [n_seq, n_embd] -> [n_seq, n_embd]
+    if rec is not None:
+        rec.update(qkv=qkv, z=z, attn_out=out)
+    return out, (k, v)
 
 
-def mlp(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    a = gelu(linear(x, **c_fc))  # [n_seq, n_embd] -> [n_seq, 4*n_embd]
-    return linear(a, **c_proj)  # [n_seq, 4*n_embd] -> [n_seq, n_embd]
+def mlp(x, c_fc, c_proj, rec=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    h = linear(x, **c_fc)  # [n_seq, n_embd] -> [n_seq, 4*n_embd]
+    out = linear(gelu(h), **c_proj)  # [n_seq, 4*n_embd] -> [n_seq, n_embd]
+    if rec is not None:
+        rec.update(mlp_pre=h, mlp_out=out)
+    return out
 
 
-def block(x, layer, n_head, eps, kv=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
-    a, kv = mha(layer_norm(x, **layer["ln_1"], eps=eps), **layer["attn"], n_head=n_head, kv=kv)
+def block(x, layer, n_head, eps, kv=None, rec=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
+    """rec: a dict to fill with the block's activations, named as gpt2.run_layers records them
+    (sql/85_forward.sql): resid_pre, qkv, z, attn_out, resid_mid, mlp_pre, mlp_out."""
+    if rec is not None:
+        rec["resid_pre"] = x
+    a, kv = mha(layer_norm(x, **layer["ln_1"], eps=eps), **layer["attn"], n_head=n_head, kv=kv, rec=rec)
     x = x + a  # residual around attention, [n_seq, n_embd]
-    return x + mlp(layer_norm(x, **layer["ln_2"], eps=eps), **layer["mlp"]), kv
+    if rec is not None:
+        rec["resid_mid"] = x
+    return x + mlp(layer_norm(x, **layer["ln_2"], eps=eps), **layer["mlp"], rec=rec), kv
 
 
 def _run(params, hparams, ids, pos0=0, cache=None):  # ids [n_seq] -> logits [n_seq, n_vocab]
@@ -120,26 +132,18 @@ def generate_greedy(params, hparams, ids, n):  # -> the n new token ids
     return seq[len(ids) :]
 
 
-def stages(params, hparams, ids, layer=0):  # intermediate values to compare with SQL
-    """{"embed", "ln_1", "qkv", "attn", "ln_2", "mlp", "block"} of `layer` (each [n_seq, ...],
-    attn and mlp before their residual add), "ln_f" and "logits" [n_seq, n_vocab]."""
+def record(params, hparams, ids):  # every activation of a forward pass, to compare with SQL
+    """[{site: [n_seq, ...]} per layer] (see block) + [{"resid_pre": the residual stream after
+    the last block, "ln_f": its final norm, "logits": [n_seq, n_vocab]}]."""
     eps, n_head = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"]
     ids = list(ids)
     x = params["wte"][ids] + params["wpe"][: len(ids)]  # [n_seq, n_embd]
-    out = {"embed": x}
-    for i, p in enumerate(params["h"]):
-        if i == layer:
-            out["ln_1"] = layer_norm(x, **p["ln_1"], eps=eps)  # [n_seq, n_embd]
-            out["qkv"] = linear(out["ln_1"], **p["attn"]["c_attn"])  # [n_seq, 3*n_embd]
-            out["attn"] = mha(out["ln_1"], **p["attn"], n_head=n_head)[0]  # [n_seq, n_embd]
-            out["ln_2"] = layer_norm(x + out["attn"], **p["ln_2"], eps=eps)  # [n_seq, n_embd]
-            out["mlp"] = mlp(out["ln_2"], **p["mlp"])  # [n_seq, n_embd]
-        x = block(x, p, n_head, eps)[0]  # [n_seq, n_embd]
-        if i == layer:
-            out["block"] = x
-    out["ln_f"] = layer_norm(x, **params["ln_f"], eps=eps)  # [n_seq, n_embd]
-    out["logits"] = out["ln_f"] @ params["wte"].T  # [n_seq, n_vocab]
-    return out
+    layers = []
+    for p in params["h"]:
+        layers.append({})
+        x = block(x, p, n_head, eps, rec=layers[-1])[0]  # [n_seq, n_embd]
+    final = layer_norm(x, **params["ln_f"], eps=eps)  # [n_seq, n_embd]
+    return layers + [{"resid_pre": x, "ln_f": final, "logits": final @ params["wte"].T}]
 
 
 def load(directory, dtype=np.float64):  # -> (hparams, params)

@@ -43,32 +43,70 @@ def vectors(conn, model: str, expression: str, *params) -> np.ndarray:
     return np.array(row[0], dtype=np.float64)
 
 
-def as_sql(array: np.ndarray) -> list[str]:
-    """[n, d] floats as text vectors, for %s::vector[]."""
-    return ["[" + ",".join(repr(float(v)) for v in row) + "]" for row in array]
+def recorded_run(conn, model: str, prompts: list[list[int]]) -> tuple[np.ndarray, dict]:
+    """Run prompts through gpt2.run_layers together (one sequence each, from position 0),
+    recording: (final hidden states [n, n_embd], {(layer, site): [n, d]}), rows of all prompts."""
+    conn.execute("SELECT gpt2.use_model(%s)", (model,))
+    ids = [t for p in prompts for t in p]
+    conn.execute("SELECT gpt2.kv_reset()")
+    final = conn.execute(
+        """SELECT ARRAY(SELECT v::real[] FROM unnest(gpt2.run_layers(s.seqs, s.positions, gpt2.embed_at(%s, s.positions),
+                                                                      0, true)) WITH ORDINALITY AS u(v, t) ORDER BY t)
+           FROM gpt2.scratch_seqs(%s) AS s""", (ids, [len(p) for p in prompts])).fetchone()[0]
+    tape = {(layer, site): np.array(xs, dtype=np.float64) for layer, site, xs in conn.execute(
+        "SELECT layer, site, ARRAY(SELECT v::real[] FROM unnest(xs) WITH ORDINALITY AS u(v, t) ORDER BY t) FROM tape")}
+    return np.array(final, dtype=np.float64), tape
+
+
+SITES = ["resid_pre", "qkv", "z", "attn_out", "resid_mid", "mlp_pre", "mlp_out"]
+# position counts on both sides of every kernel width (2, 4, 8, 16) and of the parallel threshold (32)
+LENGTHS = [1, 2, 3, 5, 9, 17, 31, 32, 33, 64]
+
+
+def assert_run_matches(name, hparams, params, prompts, final, tape, tol):
+    """Every recorded site of every layer, and the final states, against the reference, prompt by prompt."""
+    start = 0
+    for ids in prompts:
+        rows = slice(start, start + len(ids))
+        ref = reference.record(params, hparams, ids)
+        for layer in range(hparams["n_layer"]):
+            for site in SITES:
+                assert_close(f"{name} {len(ids)} tokens: layer {layer} {site}", tape[layer, site][rows],
+                             ref[layer][site], tol)
+        assert_close(f"{name} {len(ids)} tokens: resid_post", tape[hparams["n_layer"], "resid_pre"][rows],
+                     ref[-1]["resid_pre"], tol)
+        assert_close(f"{name} {len(ids)} tokens: ln_f", final[rows], ref[-1]["ln_f"], tol)
+        start += len(ids)
+
+
+def prompt_of(n: int) -> list[int]:
+    return [(7919 * i + 464) % 50257 for i in range(n)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("config", ["tiny", "wide"])
-def test_each_stage_matches_reference(conn, models, config, dtype):
-    name, hparams, params = models[config, dtype]
-    ids = PROMPTS[1]
-    ref = reference.stages(params, hparams, ids, layer=0)
-    tol = TOLERANCE[dtype]
-    vec = lambda expr, *p: vectors(conn, name, expr, *p)  # noqa: E731
+@pytest.mark.parametrize("n", LENGTHS)
+def test_every_site_matches_reference(conn, models, n, dtype):
+    """The layer loop that generation runs (gpt2.run_layers, recording), at every position count."""
+    name, hparams, params = models["tiny", dtype]
+    final, tape = recorded_run(conn, name, [prompt_of(n)])
+    assert_run_matches(name, hparams, params, [prompt_of(n)], final, tape, TOLERANCE[dtype])
 
-    assert_close("embeddings", vec("gpt2.embed(%s, 0)", ids), ref["embed"], tol / 10)
-    assert_close("layer norm ln_1", vec("gpt2.ln('ln_1', 0, %s::vector[])", as_sql(ref["embed"])), ref["ln_1"], tol)
-    assert_close("c_attn", vec("gpt2.linear('attn.c_attn', 0, %s::vector[])", as_sql(ref["ln_1"])), ref["qkv"], tol)
-    conn.execute("SELECT gpt2.kv_reset()")
-    n = len(ids)
-    attn = vec("gpt2.linear('attn.c_proj', 0, gpt2.mha(0, array_fill(0, ARRAY[%s]), ARRAY(SELECT generate_series(0, %s - 1)), %s::vector[]))",
-               n, n, as_sql(ref["qkv"]))
-    assert_close("attention (mha + c_proj)", attn, ref["attn"], tol)
-    assert_close("mlp", vec("gpt2.mlp(0, %s::vector[])", as_sql(ref["ln_2"])), ref["mlp"], tol)
-    conn.execute("SELECT gpt2.kv_reset()")
-    assert_close("block 0", vec("gpt2.block(0, array_fill(0, ARRAY[%s]), ARRAY(SELECT generate_series(0, %s - 1)), %s::vector[])",
-                                n, n, as_sql(ref["embed"])), ref["block"], tol)
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("n", [1, 9, 33, 64])
+def test_every_site_matches_reference_at_124m_width(conn, models, n, dtype):
+    name, hparams, params = models["wide", dtype]
+    final, tape = recorded_run(conn, name, [prompt_of(n)])
+    assert_run_matches(name, hparams, params, [prompt_of(n)], final, tape, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_batch_of_different_lengths_matches_reference(conn, models, dtype):
+    """Sequences of 1, 5, 17 and 33 tokens in one run (56 rows: the parallel units cut across them)."""
+    name, hparams, params = models["tiny", dtype]
+    prompts = [prompt_of(k)[::-1] for k in (1, 5, 17, 33)]
+    final, tape = recorded_run(conn, name, prompts)
+    assert_run_matches(name, hparams, params, prompts, final, tape, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -88,17 +126,27 @@ def test_logits_match_reference(conn, models, config, dtype):
 
 
 def test_kv_cache_decode_equals_full_forward(conn, models):
-    """A prefill then one-token decode steps give the same hidden states as one pass."""
+    """A prefill then one-token decode steps (attend_1) give the same hidden states as one pass."""
     name, hparams, params = models["tiny", "float32"]
     ids = PROMPTS[3]
     conn.execute("SELECT gpt2.use_model(%s)", (name,))
     stepwise = [vectors(conn, name, "gpt2.transformer(%s, 0)", ids[:5])[-1]]
     for pos in range(5, len(ids)):
         stepwise.append(vectors(conn, name, "gpt2.transformer(%s, %s)", [ids[pos]], pos)[0])
-    full = reference.stages(params, hparams, ids)["ln_f"][4:]
+    full = reference.record(params, hparams, ids)[-1]["ln_f"][4:]
     assert_close("decode steps vs full forward", np.array(stepwise), full, TOLERANCE["float32"])
-    n_cached = conn.execute("SELECT count(DISTINCT pos) FROM kv_k").fetchone()[0]
+    n_cached = conn.execute("SELECT count(DISTINCT pos) FROM kv_k WHERE seq = -1").fetchone()[0]
     assert n_cached == len(ids)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_prompt_fed_in_pieces_equals_full_forward(conn, models, dtype):
+    """Pieces of 20, 13 (attend_16 against the cache, across a group of 16) and 31 tokens."""
+    name, hparams, params = models["tiny", dtype]
+    ids = prompt_of(64)
+    pieces = [vectors(conn, name, "gpt2.transformer(%s, %s)", ids[a:b], a) for a, b in [(0, 20), (20, 33), (33, 64)]]
+    full = reference.record(params, hparams, ids)[-1]["ln_f"]
+    assert_close("prefill in pieces vs full forward", np.concatenate(pieces), full, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("n_layer", [2, 12, 48])
@@ -138,10 +186,8 @@ def test_widest_gpt2_width_loads_and_matches(conn, tmp_path, runner, dtype, monk
     assert_close(f"logits at width 1600 ({dtype})", actual, expected, TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("n_prompt", [5, 40])  # a decode-sized prefill (cached kernel) and a parallel fresh one
-def test_huge_attention_scores_fall_back_to_the_exact_softmax(conn, tmp_path, runner, n_prompt):
-    """Scores far above a query's score on its own key: softmax's shift clamps, and those
-    queries are recomputed with the row maximum (sql/50_attention.sql, gpt2.attend_exact)."""
+def wide_scores_checkpoint(tmp_path, factor: float):
+    """The tiny checkpoint with queries and keys scaled by sqrt(factor): attention scores x factor."""
     from safetensors.numpy import load_file, save_file
 
     directory = synthetic.write_checkpoint(tmp_path, **synthetic.CONFIGS["tiny"], seed=5)
@@ -149,11 +195,32 @@ def test_huge_attention_scores_fall_back_to_the_exact_softmax(conn, tmp_path, ru
     d = synthetic.CONFIGS["tiny"]["n_embd"]
     for name, w in tensors.items():
         if name.endswith("attn.c_attn.weight"):
-            w[:, : 2 * d] *= 8  # queries and keys: scores x64 (std ~130)
+            w[:, : 2 * d] *= np.float32(np.sqrt(factor))
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def largest_score_above_own(params, hparams, ids) -> float:
+    """max over layers, heads and queries of (the row's largest score - the score on its own key)."""
+    worst, d_head = 0.0, hparams["n_embd"] // hparams["n_head"]
+    for layer in reference.record(params, hparams, ids)[:-1]:
+        q, k, _ = np.split(layer["qkv"], 3, axis=-1)
+        for qh, kh in zip(np.split(q, hparams["n_head"], axis=-1), np.split(k, hparams["n_head"], axis=-1)):
+            s = np.where(np.tri(len(ids), dtype=bool), qh @ kh.T / np.sqrt(d_head), -np.inf)
+            worst = max(worst, float((s.max(axis=1) - np.diag(s)).max()))
+    return worst
+
+
+@pytest.mark.parametrize("n_prompt", [5, 40])  # a prefill in this process, and one in parallel units
+def test_huge_attention_scores_get_the_exact_softmax(conn, tmp_path, runner, n_prompt):
+    """Scores far above a query's score on its own key: the first pass's shift clamps, and the
+    kernels compute those queries again shifted by their maxima (sql/60_attention.sql): fresh
+    prefills (attend_fresh_16) and decode steps against the cache (attend_1)."""
+    directory = wide_scores_checkpoint(tmp_path, 64)  # scores x64 (std ~130)
     assert runner(["load", str(directory), "--name", "test-huge-scores"]).exit_code == 0
     hparams, params = reference.load(directory)
     ids = list(range(2000, 2000 + n_prompt))
+    assert largest_score_above_own(params, hparams, ids) > 40, "the clamp would not bite: the test shows nothing"
     expected = reference.forward(params, hparams, ids)
     rows = conn.execute("SELECT pos, token, logit FROM gpt2.forward(%s, 'test-huge-scores')", (ids,)).fetchall()
     actual = np.zeros_like(expected)
@@ -162,3 +229,8 @@ def test_huge_attention_scores_fall_back_to_the_exact_softmax(conn, tmp_path, ru
     # float32 scores 64x larger carry 64x larger rounding (1e-4 -> ~6e-3 in the worst case); a
     # clamped softmax left as it is would be off by whole units
     assert_close("logits with huge attention scores", actual, expected, 64 * TOLERANCE["float32"])
+    stepwise = [vectors(conn, "test-huge-scores", "gpt2.transformer(%s, 0)", ids[:3])[-1]]
+    for p in range(3, n_prompt):  # decode steps: attend_1 against the cache
+        stepwise.append(vectors(conn, "test-huge-scores", "gpt2.transformer(%s, %s)", [ids[p]], p)[0])
+    full = reference.record(params, hparams, ids)[-1]["ln_f"][2:]
+    assert_close("decode steps with huge attention scores", np.array(stepwise), full, 64 * TOLERANCE["float32"])

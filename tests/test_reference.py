@@ -103,14 +103,16 @@ def test_generate_greedy_is_the_sliding_window_definition(tiny, n_prompt):
     assert got == seq[n_prompt:]
 
 
-def test_stages_are_consistent(tiny):
+def test_recorded_activations_are_consistent(tiny):
     _, hp, p = tiny
-    s = R.stages(p, hp, PROMPT)
-    assert_close("logits", s["logits"], R.forward(p, hp, PROMPT), 1e-12)
-    attn = R.mha(s["ln_1"], **p["h"][0]["attn"], n_head=hp["n_head"])[0]
-    assert_close("ln_1 feeds attn", attn, s["attn"], 0)
-    assert_close("block = embed + attn + mlp", s["block"], s["embed"] + s["attn"] + s["mlp"], 1e-12)
-    assert s["qkv"].shape == (len(PROMPT), 3 * hp["n_embd"])
+    rec = R.record(p, hp, PROMPT)
+    assert_close("logits", rec[-1]["logits"], R.forward(p, hp, PROMPT), 1e-12)
+    for layer, r in enumerate(rec[:-1]):
+        ln_1 = R.layer_norm(r["resid_pre"], **p["h"][layer]["ln_1"])
+        assert_close("ln_1 feeds attn", R.mha(ln_1, **p["h"][layer]["attn"], n_head=hp["n_head"])[0], r["attn_out"], 0)
+        assert_close("resid_mid = resid_pre + attn_out", r["resid_mid"], r["resid_pre"] + r["attn_out"], 1e-12)
+        assert_close("next resid_pre = resid_mid + mlp_out", rec[layer + 1]["resid_pre"], r["resid_mid"] + r["mlp_out"], 1e-12)
+        assert r["qkv"].shape == (len(PROMPT), 3 * hp["n_embd"]) and r["mlp_pre"].shape == (len(PROMPT), 4 * hp["n_embd"])
 
 
 def test_float32_option(tiny):
@@ -196,11 +198,11 @@ def test_matches_transformers(tmp_path, name, variant):
     model = GPT2LMHeadModel.from_pretrained(path, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         out = model(torch.tensor([PROMPT]), output_hidden_states=True)
-    s = R.stages(p, hp, PROMPT)
-    assert_close("embed", out.hidden_states[0][0].numpy(), s["embed"], 1e-5)
+    rec = R.record(p, hp, PROMPT)
+    assert_close("embed", out.hidden_states[0][0].numpy(), rec[0]["resid_pre"], 1e-5)
     if hp["n_layer"] > 1:  # HF's last hidden state already went through ln_f
-        assert_close("block 0", out.hidden_states[1][0].numpy(), s["block"], 1e-4)
-    assert_close("logits", out.logits[0].numpy(), s["logits"], 1e-4)
+        assert_close("block 0", out.hidden_states[1][0].numpy(), rec[1]["resid_pre"], 1e-4)
+    assert_close("logits", out.logits[0].numpy(), rec[-1]["logits"], 1e-4)
     with torch.no_grad():
         ids = model.generate(torch.tensor([PROMPT]), max_new_tokens=20, do_sample=False,
                              attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),

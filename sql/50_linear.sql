@@ -16,7 +16,7 @@
 --                     that holds the positions (gpt2.kernel_width): an unrolled product costs
 --                     time even when its position is empty (NULL), so 2 positions take 7.6 ms
 --                     of c_fc in a group of 16 and 2.6 ms in a group of 2.
--- act is 'gelu' for mlp.c_fc (gpt2.activation, stage 6), applied to each number as it is made: a pass of
+-- act is 'gelu' for mlp.c_fc (gpt2.activation, stage 3b), applied to each number as it is made: a pass of
 -- its own over the vectors would cost twice as much (unnest, then rebuild).
 -- Measured by bench/bench_kernels.py on GPT-2 124M's c_fc (768 x 3,072, float16 weights),
 -- per product on one core: ~0.55 us in linear_1, ~0.33 us in linear_16, and ~0.2 us for 16
@@ -27,7 +27,7 @@
 --   its argument three times, and compute the product three times.
 -- subtle: inputs wider than a row holds (mlp.c_proj with float32 weights) arrive in chunks
 --   of gpt2.chunk_dims; each chunk gives partial sums over all columns (b on chunk 0, 0 on
---   the others), added up. Only single-chunk tensors take an activation.
+--   the others), added up, and only then does act apply (GELU of a partial sum is wrong).
 -- subtle: <#> is the NEGATIVE inner product, hence b - (w <#> x).
 
 CREATE OR REPLACE FUNCTION gpt2.linear_1(tensor text, layer int, chunk int, x vector, act text) RETURNS vector
@@ -73,30 +73,31 @@ $template$, g); END LOOP; END $do$;
 CREATE OR REPLACE FUNCTION gpt2.linear(tensor text, layer int, xs vector[], act text DEFAULT NULL) RETURNS vector[]
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    width int := gpt2.chunk_dims(vector_dims(xs[1]), (gpt2.current_model()).dtype);
+    n_in int := vector_dims(xs[1]);
+    width int := gpt2.chunk_dims(n_in, (gpt2.current_model()).dtype);
+    chunk_act text := CASE WHEN width = n_in THEN act END;       -- several chunks: act after their sum
     acc vector[];
     part vector[];
 BEGIN
-    FOR chunk IN 0 .. (vector_dims(xs[1]) - 1) / width LOOP
-        IF chunk = 0 AND width = vector_dims(xs[1]) THEN
+    FOR chunk IN 0 .. (n_in - 1) / width LOOP
+        IF width = n_in THEN
             part := xs;
         ELSE                                       -- this chunk's slice of every input
-            part := ARRAY(SELECT subvector(x, chunk * width + 1, least(width, vector_dims(x) - chunk * width))
+            part := ARRAY(SELECT subvector(x, chunk * width + 1, least(width, n_in - chunk * width))
                           FROM unnest(xs) WITH ORDINALITY AS u(x, t) ORDER BY t);
         END IF;
         part := CASE gpt2.kernel_width(cardinality(xs))
-                    WHEN 2 THEN CASE WHEN cardinality(xs) = 1 THEN ARRAY[gpt2.linear_1(tensor, layer, chunk, part[1], act)]
-                                     ELSE gpt2.linear_2(tensor, layer, chunk, part, act) END
-                    WHEN 4 THEN gpt2.linear_4(tensor, layer, chunk, part, act)
-                    WHEN 8 THEN gpt2.linear_8(tensor, layer, chunk, part, act)
-                    ELSE gpt2.linear_16(tensor, layer, chunk, part, act) END;
+                    WHEN 2 THEN CASE WHEN cardinality(xs) = 1 THEN ARRAY[gpt2.linear_1(tensor, layer, chunk, part[1], chunk_act)]
+                                     ELSE gpt2.linear_2(tensor, layer, chunk, part, chunk_act) END
+                    WHEN 4 THEN gpt2.linear_4(tensor, layer, chunk, part, chunk_act)
+                    WHEN 8 THEN gpt2.linear_8(tensor, layer, chunk, part, chunk_act)
+                    ELSE gpt2.linear_16(tensor, layer, chunk, part, chunk_act) END;
         acc := CASE WHEN chunk = 0 THEN part
                     ELSE ARRAY(SELECT a + p FROM unnest(acc, part) WITH ORDINALITY AS u(a, p, t) ORDER BY t) END;
     END LOOP;
-    RETURN acc;
+    RETURN CASE WHEN width = n_in THEN acc ELSE gpt2.activation(act, acc) END;
 END
 $$;
-DROP FUNCTION IF EXISTS gpt2.linear(text, int, vector[]);     -- the form without act of earlier releases
 
 -- The LM head, x . wte[token] for every token (tied to the embeddings): the same two
 -- kernels over wte, returning the logits as float8[] (n_vocab is beyond pgvector's 16000
@@ -145,5 +146,3 @@ DO $do$ DECLARE f text; BEGIN
         EXECUTE format('ALTER FUNCTION %s SET enable_sort = off', f);
     END LOOP;
 END $do$;
-DROP FUNCTION IF EXISTS gpt2.products_1(text, int, int, vector);       -- earlier names of the kernels
-DROP FUNCTION IF EXISTS gpt2.products_16(text, int, int, vector[]);

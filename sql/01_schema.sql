@@ -1,12 +1,14 @@
--- Stage 0: the schema every later stage lives in.
+-- Stage 0b: the schema every later stage lives in.
 --
 -- NumPy twin: none (bookkeeping).
 -- gpt2.models holds one row per loaded checkpoint: its hyperparameters, read from the
 -- checkpoint's config.json, and the schema that holds its weight tables. No stage
 -- hard-codes a width, a head count or a vocabulary size: they all come from here.
 --
--- Each file in sql/ is applied in name order, is safe to re-run (CREATE OR REPLACE,
--- IF NOT EXISTS) and runs as it is in psql (pgvector must be installed).
+-- Each file in sql/ is applied in name order, which is the order they depend on each other
+-- (a file calls only what the files before it define), is safe to re-run (CREATE OR
+-- REPLACE, IF NOT EXISTS; 00_upgrade.sql clears what earlier releases defined) and runs as
+-- it is in psql (pgvector must be installed).
 
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE SCHEMA IF NOT EXISTS gpt2;
@@ -23,23 +25,17 @@ CREATE TABLE IF NOT EXISTS gpt2.models (
     layer_norm_epsilon  float8 NOT NULL,
     dtype               text NOT NULL CHECK (dtype IN ('float32', 'float16')),
     source              text NOT NULL,
-    loaded_at           timestamptz NOT NULL DEFAULT now()
+    loaded_at           timestamptz NOT NULL DEFAULT now(),
+    -- the layout of the weight tables it was loaded with (sql/20_model_tables.sql); a model
+    -- loaded by an older gpt2sql has to be loaded again (gpt2.use_model says so)
+    layout              int  NOT NULL DEFAULT 1
 );
--- The layout of the weight tables a model was loaded with (sql/20_model_tables.sql); a
--- model loaded by an older gpt2sql has to be loaded again (gpt2.use_model says so).
-ALTER TABLE gpt2.models ADD COLUMN IF NOT EXISTS layout int NOT NULL DEFAULT 1;
 
 -- The model used when none is named: the one loaded most recently.
 CREATE OR REPLACE FUNCTION gpt2.default_model() RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT name FROM gpt2.models ORDER BY loaded_at DESC, name LIMIT 1
 $$;
-
--- Work units for parallel query (sql/85_parallel.sql): PostgreSQL splits a Parallel Seq
--- Scan between its processes page by page, so each unit gets a page of its own (a 1 kB
--- row fills a page under fillfactor 10). Unit g of a job is row g.
-CREATE TABLE IF NOT EXISTS gpt2.units (g int PRIMARY KEY, pad text NOT NULL) WITH (fillfactor = 10);
-INSERT INTO gpt2.units SELECT g, repeat('.', 1000) FROM generate_series(0, 255) AS g ON CONFLICT DO NOTHING;
 
 -- Unrolling, for the kernels that read each weight row once for several positions
 -- (sql/40_linear.sql): a query is written for one position with '@' for its number, inside
@@ -56,5 +52,16 @@ BEGIN
                        (SELECT string_agg(replace(part, '@', i::text), ', ' ORDER BY i) FROM generate_series(1, g) AS i));
     END LOOP;
     RETURN out;
+END
+$$;
+
+-- Progress of long work, for clients that ask for it (the CLI's progress bars): with
+-- SET gpt2sql.progress = on, a NOTICE 'gpt2sql progress: <what> <done>/<total>'.
+CREATE OR REPLACE FUNCTION gpt2.progress(what text, done int, total int) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('gpt2sql.progress', true) = 'on' THEN
+        RAISE NOTICE 'gpt2sql progress: % %/%', what, done, total;
+    END IF;
 END
 $$;
