@@ -21,14 +21,16 @@ BEGIN
     -- columns that tables of earlier releases lack
     IF to_regclass('gpt2.models') IS NOT NULL THEN
         ALTER TABLE gpt2.models ADD COLUMN IF NOT EXISTS layout int NOT NULL DEFAULT 1;
+        ALTER TABLE gpt2.models ADD COLUMN IF NOT EXISTS step int NOT NULL DEFAULT 0;
     END IF;
     FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
              WHERE p.pronamespace = 'gpt2'::regnamespace LOOP
         EXECUTE format('DROP %s %s', CASE r.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.f);
     END LOOP;
-    FOR r IN SELECT t.oid::regtype AS t FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid
-             WHERE t.typnamespace = 'gpt2'::regnamespace AND t.typtype = 'c' AND c.relkind = 'c' LOOP
-        EXECUTE format('DROP TYPE %s', r.t);
+    -- one statement for all of them: they refer to each other
+    FOR r IN SELECT string_agg(t.oid::regtype::text, ', ') AS types FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid
+             WHERE t.typnamespace = 'gpt2'::regnamespace AND t.typtype = 'c' AND c.relkind = 'c' HAVING count(*) > 0 LOOP
+        EXECUTE 'DROP TYPE ' || r.types;
     END LOOP;
 END
 $$;

@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS gpt2.models (
     loaded_at           timestamptz NOT NULL DEFAULT now(),
     -- the layout of the weight tables it was loaded with (sql/20_model_tables.sql); a model
     -- loaded by an older gpt2sql has to be loaded again (gpt2.use_model says so)
-    layout              int  NOT NULL DEFAULT 1
+    layout              int  NOT NULL DEFAULT 1,
+    -- AdamW steps taken on these weights since they were loaded or copied (sql/99_train.sql);
+    -- its moments live in the model's schema
+    step                int  NOT NULL DEFAULT 0
 );
 
 -- The model used when none is named: the one loaded most recently.
@@ -65,3 +68,9 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The gradient of one parameter tensor (training, stage 12), named as Hugging Face names it
+-- ('h.3.mlp.c_fc.weight', 'ln_f.bias', ...): the rows of a Conv1D weight by output column
+-- (dW[:, o], the layout of a model's conv1d rows), of wte and wpe by token and position, and
+-- a bias or a layer norm's vector as one row.
+CREATE TYPE gpt2.param_grad AS (name text, rows vector[]);

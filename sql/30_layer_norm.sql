@@ -36,3 +36,41 @@ END
 $$;
 
 ALTER FUNCTION gpt2.ln(text, int, vector[]) SET plan_cache_mode = force_generic_plan;
+
+-- Backward (training, stage 12): the gradients of a layer norm from those of its output.
+-- NumPy twin: tests/reference.py layer_norm_backward(dy, x, g, eps).
+--   xhat = (x - mean) * rstd,  rstd = 1 / sqrt(var + eps),  dxhat = dy * g
+--   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))    (mean and var depend on every x)
+--   dg = sum over positions of dy * xhat,  db = sum over positions of dy
+CREATE TYPE gpt2.ln_grad AS (
+    dx vector[],     -- [n] of [n_embd]
+    dg vector,       -- [n_embd]
+    db vector        -- [n_embd]
+);
+
+CREATE OR REPLACE FUNCTION gpt2.ln_backward(tensor text, layer int, xs vector[], dys vector[]) RETURNS gpt2.ln_grad
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    n int := m.n_embd;
+    ones vector := gpt2.fill(1, m.n_embd);
+    r gpt2.ln_grad;
+BEGIN
+    WITH c AS (                                        -- [n_seq] centered x and 1 / sqrt(var + eps)
+        SELECT u.t, u.dy, c.d, 1 / sqrt(-(c.d <#> c.d) / n + m.layer_norm_epsilon) AS rstd
+        FROM unnest(xs, dys) WITH ORDINALITY AS u(x, dy, t),
+             LATERAL (SELECT u.x - gpt2.fill(-(u.x <#> ones) / n, n) AS d OFFSET 0) AS c
+    ), h AS (                                          -- xhat, dxhat
+        SELECT c.t, c.dy, c.rstd, c.d * gpt2.fill(c.rstd, n) AS xhat, c.dy * p.g AS dxhat
+        FROM c CROSS JOIN ln p WHERE p.tensor = ln_backward.tensor AND p.layer = ln_backward.layer
+        OFFSET 0
+    )
+    SELECT array_agg((h.dxhat - gpt2.fill(-(h.dxhat <#> ones) / n, n) - h.xhat * gpt2.fill(-(h.dxhat <#> h.xhat) / n, n))
+                     * gpt2.fill(h.rstd, n) ORDER BY h.t),
+           sum(h.dy * h.xhat), sum(h.dy)
+    INTO r.dx, r.dg, r.db FROM h;
+    RETURN r;
+END
+$$;
+
+ALTER FUNCTION gpt2.ln_backward(text, int, vector[], vector[]) SET plan_cache_mode = force_generic_plan;

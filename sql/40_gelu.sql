@@ -25,3 +25,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 ELSE ARRAY(SELECT ARRAY(SELECT gpt2.gelu(y) FROM unnest(u.v::real[]) AS y)::vector
                            FROM unnest(ys) WITH ORDINALITY AS u(v, t) ORDER BY u.t) END
 $$;
+
+-- Backward (training, stage 12): dh = dy * gelu'(h), every number of every vector.
+-- NumPy twin: tests/reference.py gelu_backward(dy, x).
+--   t = tanh(c (h + a h^3)), c = sqrt(2/pi), a = 0.044715
+--   gelu'(h) = 0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3 a h^2)
+-- Only tanh needs a pass over the numbers; the rest is pgvector arithmetic on whole vectors.
+CREATE OR REPLACE FUNCTION gpt2.gelu_backward(hs vector[], dys vector[]) RETURNS vector[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    c float8 := sqrt(2 / pi());
+    d int := vector_dims(hs[1]);
+    ones vector := gpt2.fill(1, d);
+    half vector := gpt2.fill(0.5, d);
+    half_c vector := gpt2.fill(0.5 * c, d);
+    three_a vector := gpt2.fill(3 * 0.044715, d);
+BEGIN
+    RETURN ARRAY(
+        SELECT u.dy * (half * (ones + t.t) + u.h * (ones - t.t * t.t) * half_c * (ones + u.h * u.h * three_a))
+        FROM unnest(hs, dys) WITH ORDINALITY AS u(h, dy, k),
+             LATERAL (SELECT ARRAY(SELECT tanh(c * (x + 0.044715 * x * x * x)) FROM unnest(u.h::real[]) AS x)::vector AS t) AS t
+        ORDER BY u.k);
+END
+$$;

@@ -386,13 +386,80 @@ BEGIN
 END
 $$;
 
+-- Backward (training, stage 12): one head of one sequence from position 0, the gradients of
+-- its queries, keys and values from those of its outputs. NumPy twin: tests/reference.py
+-- attention_backward(dout, q, k, v). With P = softmax(q k^T * scale + causal mask), per row i:
+--   dP[i][j] = dz[i] . v[j]                       (j <= i)
+--   dS[i] = P[i] * (dP[i] - D[i]),  D[i] = dz[i] . z[i]  (= sum_j P[i][j] dP[i][j]: z = P v)
+--   dq[i] = scale * sum_j dS[i][j] k[j]           dq[i][d] = dS[i] . kT[d]
+--   dk[j] = scale * sum_i dS[i][j] q[i]           dk[j][d] = dS^T[j] . qT[d]    (i >= j)
+--   dv[j] = sum_i P[i][j] dz[i]                   dv[j][d] = P^T[j] . dzT[d]    (i >= j)
+-- The rows of P and dS are vectors over keys; their columns (P^T, dS^T) come from 2-D arrays.
+-- softmax is recomputed from q and k, with its row maximum (the forward pass keeps no P).
+CREATE TYPE gpt2.head_grad AS (
+    dq vector[],     -- [n] of [d_head]
+    dk vector[],
+    dv vector[]
+);
+
+CREATE OR REPLACE FUNCTION gpt2.attend_backward(h int, qkv vector[], z vector[], dz vector[]) RETURNS gpt2.head_grad
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    dh int := m.n_embd / m.n_head;                                 -- d_head
+    scale float8 := 1 / sqrt(m.n_embd / m.n_head);
+    n int := cardinality(qkv);
+    q vector[] := ARRAY(SELECT subvector(qkv[i], h * dh + 1, dh) FROM generate_series(1, n) AS i);
+    k vector[] := ARRAY(SELECT subvector(qkv[i], m.n_embd + h * dh + 1, dh) FROM generate_series(1, n) AS i);
+    v vector[] := ARRAY(SELECT subvector(qkv[i], 2 * m.n_embd + h * dh + 1, dh) FROM generate_series(1, n) AS i);
+    dzh vector[] := ARRAY(SELECT subvector(dz[i], h * dh + 1, dh) FROM generate_series(1, n) AS i);
+    p vector[];                                                    -- [n] of [i] rows of P (keys 0 .. i-1)
+    ds vector[];                                                   -- [n] of [i] rows of dS
+    pm real[];                                                     -- the same, [n, n], 0 above the diagonal
+    dsm real[];
+    kt vector[] := gpt2.transpose(k);                              -- [d_head] of [n]
+    qt vector[] := gpt2.transpose(q);
+    dzt vector[] := gpt2.transpose(dzh);
+    r gpt2.head_grad;
+BEGIN
+    WITH sc AS (                                                   -- [n] scores and dP of each row, over its keys
+        SELECT i, array_agg(-(k[j] <#> q[i]) * scale ORDER BY j) AS s, array_agg(-(v[j] <#> dzh[i]) ORDER BY j) AS dp
+        FROM generate_series(1, n) AS i, generate_series(1, i) AS j
+        GROUP BY i
+    ), e AS (                                                      -- exp(s - max), softmax's denominator
+        SELECT sc.i, sc.dp, x.e, -(x.e <#> gpt2.fill(1, sc.i)) AS sum_e
+        FROM sc, LATERAL (SELECT ARRAY(SELECT exp(greatest(y - (SELECT max(w) FROM unnest(sc.s) AS w), -80))
+                                       FROM unnest(sc.s) AS y)::vector AS e) AS x
+    ), pr AS (
+        SELECT e.i, e.dp::vector AS dp, e.e * gpt2.fill(1 / e.sum_e, e.i) AS p FROM e
+    )
+    SELECT array_agg(pr.p ORDER BY pr.i),
+           array_agg(pr.p * (pr.dp - gpt2.fill(-(dzh[pr.i] <#> subvector(z[pr.i], h * dh + 1, dh)), pr.i)) ORDER BY pr.i)
+    INTO p, ds FROM pr;
+    pm := ARRAY(SELECT p[i]::real[] || array_fill(0::real, ARRAY[n - i]) FROM generate_series(1, n) AS i);
+    dsm := ARRAY(SELECT ds[i]::real[] || array_fill(0::real, ARRAY[n - i]) FROM generate_series(1, n) AS i);
+    r.dq := ARRAY(SELECT ARRAY(SELECT -(ds[i] <#> subvector(kt[d], 1, i)) * scale FROM generate_series(1, dh) AS d)::vector
+                  FROM generate_series(1, n) AS i);
+    SELECT array_agg(c.dk ORDER BY j), array_agg(c.dv ORDER BY j) INTO r.dk, r.dv
+    FROM generate_series(1, n) AS j,
+         LATERAL (SELECT ARRAY(SELECT pm[i][j] FROM generate_series(j, n) AS i)::vector AS pt,      -- column j of P
+                         ARRAY(SELECT dsm[i][j] FROM generate_series(j, n) AS i)::vector AS dst     -- and of dS
+                  OFFSET 0) AS col,
+         LATERAL (SELECT ARRAY(SELECT -(col.dst <#> subvector(qt[d], j, n - j + 1)) * scale FROM generate_series(1, dh) AS d)::vector AS dk,
+                         ARRAY(SELECT -(col.pt <#> subvector(dzt[d], j, n - j + 1)) FROM generate_series(1, dh) AS d)::vector AS dv
+                  ) AS c;
+    RETURN r;
+END
+$$;
+
 DO $do$ DECLARE f text; BEGIN
     FOREACH f IN ARRAY ARRAY['gpt2.kv_append(int, int[], int[], vector[])', 'gpt2.kv_keys(int, int[], int[], vector[])',
                              'gpt2.kv_store_fresh(int, int[], int[], vector[], int[], gpt2.head_out[])',
                              'gpt2.attend_fresh_16(int, vector[])',
                              'gpt2.attend_fresh_pass_16(int, vector[], vector[], float8[], int[])',
                              'gpt2.kv_fold(int, int[])', 'gpt2.attend_1(int, int[], int[], vector[], float8[])',
-                             'gpt2.attend_16(int, int[], int[], vector[], float8[])'] LOOP
+                             'gpt2.attend_16(int, int[], int[], vector[], float8[])',
+                             'gpt2.attend_backward(int, vector[], vector[], vector[])'] LOOP
         -- subtle: the arguments are arrays of thousands of floats; a custom plan would inline
         --   them as constants and be planned again on every call: plan once
         EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);

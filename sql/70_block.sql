@@ -15,7 +15,7 @@
 --
 -- Recording (for the glass box and training) keeps the values in between, named as
 -- TransformerLens names its hooks: attn_out, resid_mid (x after attention), mlp_pre (c_fc's
--- output before GELU) and mlp_out. Edits (interventions, stage 11b) replace attn_out, mlp_out
+-- output before GELU), mlp_post (after it) and mlp_out. Edits (interventions, stage 11b) replace attn_out, mlp_out
 -- or the next block's input (resid_pre) at some positions: an edit array holds a vector for
 -- each position, NULL where nothing changes.
 
@@ -40,6 +40,7 @@ CREATE TYPE gpt2.step_out AS (
     attn_out  vector[],     -- [n_embd] recorded: block `layer`'s attention output (c_proj of the heads)
     resid_mid vector[],     -- [n_embd] recorded: x + attn_out
     mlp_pre   vector[],     -- [n_inner] recorded: c_fc(ln_2(resid_mid)), before GELU
+    mlp_post  vector[],     -- [n_inner] recorded: after GELU
     mlp_out   vector[]      -- [n_embd] recorded: the MLP's output
 );
 
@@ -61,7 +62,8 @@ BEGIN
         r.resid_mid := gpt2.add(xs, r.attn_out);                                     -- x + mha(ln_1(x))
         IF record THEN                                             -- GELU a pass of its own, to keep its input
             r.mlp_pre := gpt2.linear('mlp.c_fc', layer, gpt2.ln('ln_2', layer, r.resid_mid));
-            r.mlp_out := gpt2.linear('mlp.c_proj', layer, gpt2.activation('gelu', r.mlp_pre));
+            r.mlp_post := gpt2.activation('gelu', r.mlp_pre);
+            r.mlp_out := gpt2.linear('mlp.c_proj', layer, r.mlp_post);
         ELSE
             r.mlp_out := gpt2.linear('mlp.c_proj', layer, gpt2.linear('mlp.c_fc', layer, gpt2.ln('ln_2', layer, r.resid_mid), 'gelu'));
         END IF;
@@ -74,6 +76,68 @@ BEGIN
     r.x := gpt2.edit(r.x, resid_edit);
     r.y := CASE WHEN layer + 1 < n_layer THEN gpt2.linear('attn.c_attn', layer + 1, gpt2.ln('ln_1', layer + 1, r.x))
                 ELSE gpt2.ln('ln_f', 0, r.x) END;
+    RETURN r;
+END
+$$;
+
+-- Backward (training, stage 12): the step above, from the gradients of its outputs to those of
+-- its inputs and of the parameters it read. NumPy twin: tests/reference.py block_backward and
+-- mha_backward / mlp_backward (split at the heads as the step is).
+--   dx_out   d loss / d x after block `layer` through later blocks' residuals (NULL: none yet)
+--   dy       d loss / d y: of qkv of block layer + 1 (its heads' backward), or of ln_f(x)
+--   heads, resid_mid, mlp_pre, mlp_post   the tape's z, resid_mid, mlp_pre, mlp_post of block
+--            `layer` (all NULL for layer -1); x_out the step's x (resid_pre of layer + 1)
+-- Gives d loss / d x entering block `layer` through its residual (dx; the ln_1 path is the
+-- previous step's), d loss / d heads (dheads, for the heads' backward) and the parameters'
+-- gradients.
+CREATE TYPE gpt2.step_grad AS (
+    dx     vector[],            -- [n] of [n_embd]
+    dheads vector[],            -- [n] of [n_embd]; NULL for layer -1
+    grads  gpt2.param_grad[]
+);
+
+CREATE OR REPLACE FUNCTION gpt2.block_step_backward(layer int, heads vector[], resid_mid vector[],
+                                                    mlp_pre vector[], mlp_post vector[], x_out vector[],
+                                                    dx_out vector[], dy vector[])
+RETURNS gpt2.step_grad
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    n_layer int := (gpt2.current_model()).n_layer;
+    next text := format('h.%s.', layer + 1);                       -- the names of the next block's parameters
+    this text := format('h.%s.', layer);
+    lg gpt2.ln_grad;
+    lin gpt2.linear_grad;
+    dx vector[];
+    r gpt2.step_grad;
+BEGIN
+    r.grads := '{}';
+    IF layer + 1 < n_layer THEN                                    -- y = c_attn(ln_1(x_out)) of block layer + 1
+        lin := gpt2.linear_backward('attn.c_attn', layer + 1, gpt2.ln('ln_1', layer + 1, x_out), dy);
+        lg := gpt2.ln_backward('ln_1', layer + 1, x_out, lin.dx);
+        r.grads := ARRAY[ROW(next || 'attn.c_attn.weight', lin.dw), ROW(next || 'attn.c_attn.bias', ARRAY[lin.db]),
+                         ROW(next || 'ln_1.weight', ARRAY[lg.dg]), ROW(next || 'ln_1.bias', ARRAY[lg.db])]::gpt2.param_grad[];
+    ELSE                                                           -- y = ln_f(x_out)
+        lg := gpt2.ln_backward('ln_f', 0, x_out, dy);
+        r.grads := ARRAY[ROW('ln_f.weight', ARRAY[lg.dg]), ROW('ln_f.bias', ARRAY[lg.db])]::gpt2.param_grad[];
+    END IF;
+    dx := CASE WHEN dx_out IS NULL THEN lg.dx ELSE gpt2.add(dx_out, lg.dx) END;   -- d loss / d x_out
+    IF heads IS NULL THEN                                          -- layer -1: x_out is the embeddings
+        r.dx := dx;
+        RETURN r;
+    END IF;
+    -- x_out = resid_mid + c_proj(gelu(c_fc(ln_2(resid_mid))))
+    lin := gpt2.linear_backward('mlp.c_proj', layer, mlp_post, dx);
+    r.grads := r.grads || ARRAY[ROW(this || 'mlp.c_proj.weight', lin.dw), ROW(this || 'mlp.c_proj.bias', ARRAY[lin.db])]::gpt2.param_grad[];
+    lin := gpt2.linear_backward('mlp.c_fc', layer, gpt2.ln('ln_2', layer, resid_mid), gpt2.gelu_backward(mlp_pre, lin.dx));
+    r.grads := r.grads || ARRAY[ROW(this || 'mlp.c_fc.weight', lin.dw), ROW(this || 'mlp.c_fc.bias', ARRAY[lin.db])]::gpt2.param_grad[];
+    lg := gpt2.ln_backward('ln_2', layer, resid_mid, lin.dx);
+    r.grads := r.grads || ARRAY[ROW(this || 'ln_2.weight', ARRAY[lg.dg]), ROW(this || 'ln_2.bias', ARRAY[lg.db])]::gpt2.param_grad[];
+    dx := gpt2.add(dx, lg.dx);                                     -- d loss / d resid_mid
+    -- resid_mid = xs + c_proj(heads)
+    lin := gpt2.linear_backward('attn.c_proj', layer, heads, dx);
+    r.grads := r.grads || ARRAY[ROW(this || 'attn.c_proj.weight', lin.dw), ROW(this || 'attn.c_proj.bias', ARRAY[lin.db])]::gpt2.param_grad[];
+    r.dheads := lin.dx;
+    r.dx := dx;
     RETURN r;
 END
 $$;

@@ -91,7 +91,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n_units int := (cardinality(xs) - 1) / gpt2.parallel_unit() + 1;
     round int := gpt2.parallel_round();
-    r gpt2.step_out := ROW('{}', '{}', '{}', '{}', '{}', '{}');
+    r gpt2.step_out := ROW('{}', '{}', '{}', '{}', '{}', '{}', '{}');
 BEGIN
     IF cardinality(xs) < gpt2.parallel_min() THEN
         RETURN gpt2.block_step(layer, xs, heads, record, attn_edit, mlp_edit, resid_edit);
@@ -104,11 +104,12 @@ BEGIN
                r.attn_out || ARRAY(SELECT v FROM u, unnest((u.r).attn_out) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
                r.resid_mid || ARRAY(SELECT v FROM u, unnest((u.r).resid_mid) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
                r.mlp_pre || ARRAY(SELECT v FROM u, unnest((u.r).mlp_pre) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
+               r.mlp_post || ARRAY(SELECT v FROM u, unnest((u.r).mlp_post) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k),
                r.mlp_out || ARRAY(SELECT v FROM u, unnest((u.r).mlp_out) WITH ORDINALITY AS e(v, k) ORDER BY u.g, e.k)
-        INTO r.x, r.y, r.attn_out, r.resid_mid, r.mlp_pre, r.mlp_out;
+        INTO r.x, r.y, r.attn_out, r.resid_mid, r.mlp_pre, r.mlp_post, r.mlp_out;
     END LOOP;
     IF NOT record OR heads IS NULL THEN                            -- (nothing was recorded: NULL, not '{}')
-        r.attn_out := NULL; r.resid_mid := NULL; r.mlp_pre := NULL; r.mlp_out := NULL;
+        r.attn_out := NULL; r.resid_mid := NULL; r.mlp_pre := NULL; r.mlp_post := NULL; r.mlp_out := NULL;
     END IF;
     RETURN r;
 END
@@ -148,3 +149,65 @@ $$;
 
 ALTER FUNCTION gpt2.steps(int, vector[], vector[], boolean, vector[], vector[], vector[]) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION gpt2.mha(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
+
+-- Backward (training, stage 12): the heads' backward of fresh sequences (training runs every
+-- text from position 0), one unit per (sequence, head) as gpt2.mha. qkv, z, dz: [n] rows of all
+-- sequences; starts as gpt2.mha. Returns d loss / d qkv, [n] of [3*n_embd].
+CREATE OR REPLACE FUNCTION gpt2.head_backward_units(qkv vector[], z vector[], dz vector[], starts int[], u0 int, count int)
+RETURNS TABLE (g int, r gpt2.head_grad)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    n_head int := (gpt2.current_model()).n_head;
+BEGIN
+    RETURN QUERY
+    SELECT u0 + u.g, gpt2.attend_backward((u0 + u.g) % n_head, qkv[s.lo:s.hi], z[s.lo:s.hi], dz[s.lo:s.hi])
+    FROM gpt2.units u,
+         LATERAL (SELECT starts[(u0 + u.g) / n_head + 1] AS lo, starts[(u0 + u.g) / n_head + 2] - 1 AS hi) AS s
+    WHERE u.g < count;
+END
+$$;
+
+DO $do$ DECLARE setting text; BEGIN
+    FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
+                                   'parallel_leader_participation = off', 'parallel_setup_cost = 0',
+                                   'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
+        EXECUTE format('ALTER FUNCTION gpt2.head_backward_units(vector[], vector[], vector[], int[], int, int) SET %s', setting);
+    END LOOP;
+END $do$;
+
+CREATE OR REPLACE FUNCTION gpt2.mha_backward(seqs int[], qkv vector[], z vector[], dz vector[]) RETURNS vector[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    n_head int := (gpt2.current_model()).n_head;
+    starts int[] := ARRAY(SELECT min(u.i) FROM unnest(seqs) WITH ORDINALITY AS u(s, i) GROUP BY u.s ORDER BY min(u.i))
+                    || (cardinality(qkv) + 1);
+    n_units int := (cardinality(starts) - 1) * n_head;
+    round int := gpt2.parallel_round();
+    heads gpt2.head_grad[] := '{}';
+BEGIN
+    IF cardinality(qkv) < gpt2.parallel_min() THEN
+        heads := ARRAY(SELECT gpt2.attend_backward(k % n_head, qkv[lo:hi], z[lo:hi], dz[lo:hi])
+                       FROM generate_series(0, n_units - 1) AS k,
+                            LATERAL (SELECT starts[k / n_head + 1] AS lo, starts[k / n_head + 2] - 1 AS hi) AS s
+                       ORDER BY k);
+    ELSE
+        FOR u0 IN 0 .. n_units - 1 BY round LOOP
+            heads := heads || ARRAY(SELECT h.r FROM gpt2.head_backward_units(qkv, z, dz, starts, u0, least(round, n_units - u0)) AS h
+                                    ORDER BY h.g);
+        END LOOP;
+    END IF;
+    -- row i of sequence s: the heads' dq side by side, then their dk, then their dv (qkv's layout)
+    RETURN ARRAY(SELECT gpt2.vcat(x.v ORDER BY x.part, x.h)
+                 FROM (SELECT s, h, 1 AS part, u.v, u.j FROM generate_series(1, cardinality(starts) - 1) AS s,
+                            generate_series(0, n_head - 1) AS h, unnest((heads[(s - 1) * n_head + h + 1]).dq) WITH ORDINALITY AS u(v, j)
+                       UNION ALL
+                       SELECT s, h, 2, u.v, u.j FROM generate_series(1, cardinality(starts) - 1) AS s,
+                            generate_series(0, n_head - 1) AS h, unnest((heads[(s - 1) * n_head + h + 1]).dk) WITH ORDINALITY AS u(v, j)
+                       UNION ALL
+                       SELECT s, h, 3, u.v, u.j FROM generate_series(1, cardinality(starts) - 1) AS s,
+                            generate_series(0, n_head - 1) AS h, unnest((heads[(s - 1) * n_head + h + 1]).dv) WITH ORDINALITY AS u(v, j)
+                      ) AS x
+                 GROUP BY x.s, x.j ORDER BY x.s, x.j);
+END
+$$;
+ALTER FUNCTION gpt2.mha_backward(int[], vector[], vector[], vector[]) SET plan_cache_mode = force_generic_plan;

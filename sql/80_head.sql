@@ -61,3 +61,90 @@ BEGIN
 END
 $$;
 
+
+-- The next-token loss of final hidden states: sum over rows of -log softmax(logits)[target]
+-- (targets: token ids, one per row), the head computed up to 16 rows at a time.
+CREATE OR REPLACE FUNCTION gpt2.lm_loss(xs vector[], targets int[]) RETURNS float8
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    unit int := gpt2.parallel_unit();
+    logits float8[];
+    total float8 := 0;
+BEGIN
+    FOR start IN 1 .. cardinality(xs) BY unit LOOP
+        logits := gpt2.head(xs[start:start + unit - 1]);
+        total := total + (SELECT sum(gpt2.logsumexp(logits[i:i]) - logits[i][targets[start + i - 1] + 1])
+                          FROM generate_series(1, array_length(logits, 1)) AS i);
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+-- Backward (training, stage 12): cross-entropy of next tokens through the tied LM head.
+-- NumPy twin: tests/reference.py loss_and_grads (its LM-head lines).
+--   loss     sum over rows of -log softmax(logits)[target] = logsumexp(logits) - logits[target]
+--   dlogits  (softmax(logits) - onehot(target)) * scale        [n, n_vocab], scale = 1 / tokens
+--   dx       dlogits @ wte: the kernels of stage 4 on wte's transpose (conv1d rows `wte^T`, one
+--            per embedding dimension, chunked over the vocabulary)
+--   dwte     dlogits^T @ x: for each token, n_embd products over positions (gpt2.products),
+--            the LM head's share of wte's gradient (the embedding lookup adds its own, stage 8)
+CREATE TYPE gpt2.lm_grad AS (
+    loss float8,       -- the sum over rows (not scaled)
+    dx   vector[],     -- [n] of [n_embd]
+    dwte vector[]      -- [n_vocab] of [n_embd]
+);
+
+CREATE OR REPLACE FUNCTION gpt2.lm_backward(xs vector[], targets int[], scale float8) RETURNS gpt2.lm_grad
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    unit int := gpt2.parallel_unit();
+    width int := gpt2.chunk_dims(m.n_vocab, 'float32');            -- wte^T's chunks of the vocabulary
+    n int := cardinality(xs);
+    logits float8[];                                               -- [unit, n_vocab]
+    lse float8;
+    dl real[];                                                     -- [n_vocab] one row of dlogits
+    chunks vector[];                                               -- [n_chunks * unit] its pieces, chunk-major
+    part vector[];
+    acc vector[];
+    r gpt2.lm_grad;
+BEGIN
+    r := ROW(0, '{}', NULL);
+    IF to_regclass('pg_temp.lm_dlogits') IS NULL THEN
+        CREATE TEMPORARY TABLE lm_dlogits (i int, row real[]);
+        ALTER TABLE lm_dlogits ALTER COLUMN row SET STORAGE EXTERNAL;    -- floats do not compress: do not try
+    END IF;
+    TRUNCATE lm_dlogits;
+    FOR start IN 1 .. n BY unit LOOP
+        logits := gpt2.head(xs[start:start + unit - 1]);
+        chunks := '{}';
+        FOR i IN 1 .. array_length(logits, 1) LOOP
+            lse := gpt2.logsumexp(logits[i:i]);
+            r.loss := r.loss + lse - logits[i][targets[start + i - 1] + 1];
+            dl := ARRAY(SELECT ((exp(l - lse) - (t = targets[start + i - 1] + 1)::int) * scale)::real
+                        FROM unnest(logits[i:i]) WITH ORDINALITY AS u(l, t));
+            INSERT INTO lm_dlogits VALUES (start + i - 1, dl);
+            FOR c IN 0 .. (m.n_vocab - 1) / width LOOP
+                chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;
+            END LOOP;
+        END LOOP;
+        acc := NULL;
+        FOR c IN 0 .. (m.n_vocab - 1) / width LOOP                 -- dx = dlogits @ wte, chunk by chunk
+            part := chunks[c * unit + 1 : c * unit + array_length(logits, 1)];
+            part := CASE gpt2.kernel_width(cardinality(part))
+                        WHEN 2 THEN CASE WHEN cardinality(part) = 1 THEN ARRAY[gpt2.linear_1('wte^T', 0, c, part[1], NULL)]
+                                         ELSE gpt2.linear_2('wte^T', 0, c, part, NULL) END
+                        WHEN 4 THEN gpt2.linear_4('wte^T', 0, c, part, NULL)
+                        WHEN 8 THEN gpt2.linear_8('wte^T', 0, c, part, NULL)
+                        ELSE gpt2.linear_16('wte^T', 0, c, part, NULL) END;
+            acc := CASE WHEN acc IS NULL THEN part ELSE gpt2.add(acc, part) END;
+        END LOOP;
+        r.dx := r.dx || acc;
+    END LOOP;
+    -- dwte[v] = sum over rows of dlogits[row][v] * x[row]: products of columns over rows
+    r.dwte := gpt2.products(gpt2.transpose(xs), gpt2.transpose(ARRAY(SELECT l.row FROM lm_dlogits l ORDER BY l.i)));
+    TRUNCATE lm_dlogits;
+    RETURN r;
+END
+$$;
+ALTER FUNCTION gpt2.lm_backward(vector[], int[], float8) SET plan_cache_mode = force_generic_plan;

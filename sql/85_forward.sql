@@ -18,7 +18,7 @@
 --   record        keep every activation in the temporary table tape(layer, site, xs), one
 --                 row per site, xs aligned with seqs/positions; sites as TransformerLens
 --                 names them: resid_pre, qkv, z (the heads' outputs side by side, before
---                 c_proj), attn_out, resid_mid, mlp_pre (before GELU), mlp_out; and
+--                 c_proj), attn_out, resid_mid, mlp_pre (before GELU), mlp_post, mlp_out; and
 --                 resid_pre of layer n_layer, the residual stream after the last block;
 --   edited        apply the temporary table run_edit(layer, site, i, head, v): v replaces
 --                 site's vector at row i (for z: head `head`'s slice) in this run (stage 11b).
@@ -120,7 +120,8 @@ BEGIN
                    ELSE gpt2.steps(layer, st.x, heads, record) END;
         IF record THEN
             INSERT INTO tape VALUES (layer, 'attn_out', st.attn_out), (layer, 'resid_mid', st.resid_mid),
-                                    (layer, 'mlp_pre', st.mlp_pre), (layer, 'mlp_out', st.mlp_out);
+                                    (layer, 'mlp_pre', st.mlp_pre), (layer, 'mlp_post', st.mlp_post),
+                                    (layer, 'mlp_out', st.mlp_out);
         END IF;
         PERFORM gpt2.progress('layer', layer + 1, m.n_layer);
     END LOOP;
@@ -174,3 +175,71 @@ END
 $$;
 
 ALTER FUNCTION gpt2.embed_at(int[], int[]) SET plan_cache_mode = force_generic_plan;
+
+-- Backward (training, stage 12): the layer loop run backwards over a recorded forward pass.
+-- NumPy twin: tests/reference.py loss_and_grads (the loop over reversed blocks, then the
+-- embeddings). seqs, positions, ids: the run's rows, as gpt2.run took them; the tape: what
+-- gpt2.run_layers(..., record => true) kept of it; dys: d loss / d its final states (ln_f's
+-- output, from gpt2.lm_backward). Each step's backward mirrors one forward step
+-- (gpt2.block_step_backward), each layer's heads theirs (gpt2.mha_backward). The gradients
+-- are added to the temporary table grads(name, i, g): row i of parameter `name`, in the
+-- layout of gpt2.param_grad (stage 0b).
+--   x = wte[ids] + wpe[positions]: wte's row of each token gets the gradient of x at its
+--   positions (and wte already has the LM head's share: it is used twice), wpe's row of each
+--   position likewise.
+
+CREATE OR REPLACE FUNCTION gpt2.grads_reset() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_temp.grads') IS NULL THEN
+        CREATE TEMPORARY TABLE grads (name text, i int, g vector NOT NULL, PRIMARY KEY (name, i));
+        ALTER TABLE grads ALTER COLUMN g SET STORAGE EXTERNAL;     -- floats do not compress: do not try
+    END IF;
+    TRUNCATE grads;
+END
+$$;
+
+-- Add the rows of some parameters' gradients to grads (a parameter used twice adds up).
+CREATE OR REPLACE FUNCTION gpt2.grads_add(gs gpt2.param_grad[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO grads AS o (name, i, g)
+    SELECT p.name, (u.i - 1)::int, u.g FROM unnest(gs) AS p, unnest(p.rows) WITH ORDINALITY AS u(g, i)
+    ON CONFLICT (name, i) DO UPDATE SET g = o.g + EXCLUDED.g;
+END
+$$;
+
+-- One site of one layer of the tape.
+CREATE OR REPLACE FUNCTION gpt2.tape_at(layer int, site text) RETURNS vector[]
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (SELECT t.xs FROM tape t WHERE t.layer = tape_at.layer AND t.site = tape_at.site);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.run_backward(seqs int[], positions int[], ids int[], dys vector[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    dx vector[];                                                   -- d loss / d the residual stream
+    dy vector[] := dys;                                            -- d loss / d the step's y
+    sg gpt2.step_grad;
+BEGIN
+    FOR layer IN REVERSE m.n_layer - 1 .. -1 LOOP
+        sg := gpt2.block_step_backward(layer, gpt2.tape_at(layer, 'z'), gpt2.tape_at(layer, 'resid_mid'),
+                                       gpt2.tape_at(layer, 'mlp_pre'), gpt2.tape_at(layer, 'mlp_post'),
+                                       gpt2.tape_at(layer + 1, 'resid_pre'), dx, dy);
+        PERFORM gpt2.grads_add(sg.grads);
+        dx := sg.dx;
+        IF layer >= 0 THEN                                         -- d loss / d qkv of `layer`
+            dy := gpt2.mha_backward(seqs, gpt2.tape_at(layer, 'qkv'), gpt2.tape_at(layer, 'z'), sg.dheads);
+        END IF;
+        PERFORM gpt2.progress('backward', m.n_layer - layer, m.n_layer + 1);
+    END LOOP;
+    INSERT INTO grads AS o (name, i, g)                            -- the embeddings: each token's and position's rows
+    SELECT 'wte.weight', u.id, sum(u.d) FROM unnest(ids, dx) AS u(id, d) GROUP BY u.id
+    UNION ALL
+    SELECT 'wpe.weight', u.p, sum(u.d) FROM unnest(positions, dx) AS u(p, d) GROUP BY u.p
+    ON CONFLICT (name, i) DO UPDATE SET g = o.g + EXCLUDED.g;
+END
+$$;

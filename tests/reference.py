@@ -7,6 +7,11 @@ names: Conv1D weight/bias -> w/b, LayerNorm weight/bias -> g/b:
             "ln_2": {...}, "mlp": {"c_fc": {...}, "c_proj": {...}}}, ...]}
 hparams is config.json as a dict (n_head, n_positions, layer_norm_epsilon, ...).
 Everything runs in the dtype the parameters were loaded in (float64 by default).
+
+Training (sql/*: each stage's `_backward` beside it, sql/99_train.sql): every forward stage
+here has its backward beside it, written by hand from the chain rule (micrograd style: the
+local derivative times the upstream gradient), llm.c's argument names (dx beside x, dw
+beside w). tests/test_reference.py checks them against PyTorch's autograd.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ def gelu(x):  # GPT-2's "gelu_new": the tanh approximation
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
+
+def gelu_backward(dy, x):  # d loss / d x, given dy = d loss / d gelu(x)
+    c = math.sqrt(2 / math.pi)
+    t = np.tanh(c * (x + 0.044715 * x**3))
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x**2))
+
 def softmax(x):  # over the last axis; subtle: subtract the max so exp never overflows
     exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
     return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
@@ -33,9 +44,23 @@ def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
     return g * (x - mean) / np.sqrt(variance + eps) + b
 
 
+
+def layer_norm_backward(dy, x, g, eps=1e-5):  # -> dx [n, d], dg [d], db [d]
+    mean = np.mean(x, axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt(np.var(x, axis=-1, keepdims=True) + eps)  # [n, 1]
+    xhat = (x - mean) * rstd  # [n, d]
+    dxhat = dy * g
+    # the mean and the variance depend on every x: two terms more than dxhat * rstd
+    dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).sum(0), dy.sum(0)
+
 def linear(x, w, b):  # Conv1D: [m, in] @ [in, out] + [out] -> [m, out]
     return x @ w + b
 
+
+
+def linear_backward(dy, x, w):  # -> dx [m, in], dw [in, out], db [out]
+    return dy @ w.T, x.T @ dy, dy.sum(0)
 
 def attention(q, k, v):  # [n_q, d], [n_k, d], [n_k, d] -> [n_q, d]; one head, causal
     # subtle: the n_q queries are the LAST n_q positions of the n_k keys (n_q == n_k in a
@@ -46,6 +71,14 @@ def attention(q, k, v):  # [n_q, d], [n_k, d], [n_k, d] -> [n_q, d]; one head, c
     mask = np.where(np.arange(n_k)[None, :] > pos_q, -np.inf, 0.0)  # [n_q, n_k]
     return softmax(q @ k.T / math.sqrt(q.shape[-1]) + mask.astype(q.dtype)) @ v  # [n_q, d]
 
+
+
+def attention_backward(dout, q, k, v):  # one head of a sequence from position 0 -> dq, dk, dv [n, d]
+    n, scale = q.shape[0], 1 / math.sqrt(q.shape[-1])
+    p = softmax(q @ k.T * scale + np.triu(np.full((n, n), -np.inf), 1))  # [n, n], 0 above the diagonal
+    dp = dout @ v.T  # [n, n]
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))  # through softmax: each row's weights sum to 1
+    return ds @ k * scale, ds.T @ q * scale, p.T @ dout
 
 def mha(x, c_attn, c_proj, n_head, kv=None, rec=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
     qkv = linear(x, **c_attn)  # [n_seq, n_embd] -> [n_seq, 3*n_embd]
@@ -63,15 +96,16 @@ def mha(x, c_attn, c_proj, n_head, kv=None, rec=None):  # [n_seq, n_embd] -> [n_
 
 def mlp(x, c_fc, c_proj, rec=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
     h = linear(x, **c_fc)  # [n_seq, n_embd] -> [n_seq, 4*n_embd]
-    out = linear(gelu(h), **c_proj)  # [n_seq, 4*n_embd] -> [n_seq, n_embd]
+    a = gelu(h)
+    out = linear(a, **c_proj)  # [n_seq, 4*n_embd] -> [n_seq, n_embd]
     if rec is not None:
-        rec.update(mlp_pre=h, mlp_out=out)
+        rec.update(mlp_pre=h, mlp_post=a, mlp_out=out)
     return out
 
 
 def block(x, layer, n_head, eps, kv=None, rec=None):  # [n_seq, n_embd] -> [n_seq, n_embd], (k, v)
     """rec: a dict to fill with the block's activations, named as gpt2.run_layers records them
-    (sql/85_forward.sql): resid_pre, qkv, z, attn_out, resid_mid, mlp_pre, mlp_out."""
+    (sql/85_forward.sql): resid_pre, qkv, z, attn_out, resid_mid, mlp_pre, mlp_post, mlp_out."""
     if rec is not None:
         rec["resid_pre"] = x
     a, kv = mha(layer_norm(x, **layer["ln_1"], eps=eps), **layer["attn"], n_head=n_head, kv=kv, rec=rec)
@@ -79,6 +113,34 @@ def block(x, layer, n_head, eps, kv=None, rec=None):  # [n_seq, n_embd] -> [n_se
     if rec is not None:
         rec["resid_mid"] = x
     return x + mlp(layer_norm(x, **layer["ln_2"], eps=eps), **layer["mlp"], rec=rec), kv
+
+
+def mha_backward(dout, x, rec, c_attn, c_proj, n_head):  # x = ln_1(resid_pre) -> dx, {name: grad}
+    dz, dw_proj, db_proj = linear_backward(dout, rec["z"], c_proj["w"])
+    grads = [attention_backward(*t) for t in zip(*(np.split(a, n_head, axis=-1)
+                                                   for a in (dz, *np.split(rec["qkv"], 3, axis=-1))))]
+    dqkv = np.hstack([np.hstack([g[i] for g in grads]) for i in range(3)])  # [n, 3*n_embd]: dq, dk, dv
+    dx, dw_attn, db_attn = linear_backward(dqkv, x, c_attn["w"])
+    return dx, {"attn.c_attn.weight": dw_attn, "attn.c_attn.bias": db_attn,
+                "attn.c_proj.weight": dw_proj, "attn.c_proj.bias": db_proj}
+
+
+def mlp_backward(dout, x, rec, c_fc, c_proj):  # x = ln_2(resid_mid) -> dx, {name: grad}
+    da, dw_proj, db_proj = linear_backward(dout, rec["mlp_post"], c_proj["w"])
+    dx, dw_fc, db_fc = linear_backward(gelu_backward(da, rec["mlp_pre"]), x, c_fc["w"])
+    return dx, {"mlp.c_fc.weight": dw_fc, "mlp.c_fc.bias": db_fc, "mlp.c_proj.weight": dw_proj, "mlp.c_proj.bias": db_proj}
+
+
+def block_backward(dout, rec, layer, n_head, eps):  # d loss / d block output -> d / d its input, {name: grad}
+    dx2, dx = dout, dout  # the residual passes the gradient straight through
+    dln, grads = mlp_backward(dx2, layer_norm(rec["resid_mid"], **layer["ln_2"], eps=eps), rec, **layer["mlp"])
+    dmid, dg, db = layer_norm_backward(dln, rec["resid_mid"], layer["ln_2"]["g"], eps)
+    dx = dx + dmid
+    grads.update({"ln_2.weight": dg, "ln_2.bias": db})
+    dln, g_attn = mha_backward(dx, layer_norm(rec["resid_pre"], **layer["ln_1"], eps=eps), rec, **layer["attn"], n_head=n_head)
+    dpre, dg, db = layer_norm_backward(dln, rec["resid_pre"], layer["ln_1"]["g"], eps)
+    grads.update(g_attn, **{"ln_1.weight": dg, "ln_1.bias": db})
+    return dx + dpre, grads
 
 
 def _run(params, hparams, ids, pos0=0, cache=None):  # ids [n_seq] -> logits [n_seq, n_vocab]
@@ -231,3 +293,76 @@ def score(params, hparams, ids, eos=50256):  # -> (logprobs [n], ranks [n]) of e
             ranks.append(int(np.sum(row > row[target])) + 1)
         done = upto
     return np.array(logprobs), np.array(ranks)
+
+
+# --- Training (sql/99_train.sql) ----------------------------------------------------------
+
+def flat(params):  # the nested parameters as {Hugging Face name: array}, Conv1D weights [in, out]
+    out = {"wte.weight": params["wte"], "wpe.weight": params["wpe"],
+           "ln_f.weight": params["ln_f"]["g"], "ln_f.bias": params["ln_f"]["b"]}
+    for i, layer in enumerate(params["h"]):
+        for ln in ("ln_1", "ln_2"):
+            out[f"h.{i}.{ln}.weight"], out[f"h.{i}.{ln}.bias"] = layer[ln]["g"], layer[ln]["b"]
+        for module, conv in [("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj")]:
+            out[f"h.{i}.{module}.{conv}.weight"] = layer[module][conv]["w"]
+            out[f"h.{i}.{module}.{conv}.bias"] = layer[module][conv]["b"]
+    return out
+
+
+def lm_example(ids, eos=50256):  # a text's tokens -> (inputs, targets): each token predicted from the ones before it
+    """As gpt2.score predicts them: the first from <|endoftext|>, the others from their prefix."""
+    return [eos] + list(ids[:-1]), list(ids)
+
+
+def loss_and_grads(params, hparams, texts, eos=50256):  # texts: token lists -> (loss, {name: d loss / d param})
+    """The mean of -log p(token) over every token of every text (token-weighted), and its
+    gradient with respect to every parameter (flat(params)'s names and shapes). Each text is
+    a sequence of its own from position 0."""
+    eps, n_head = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"]
+    grads = {name: np.zeros_like(a) for name, a in flat(params).items()}
+    n_total, loss = sum(len(ids) for ids in texts), 0.0
+    for ids in texts:
+        if not ids:
+            continue
+        inputs, targets = lm_example(ids, eos)
+        rec = record(params, hparams, inputs)
+        logits = rec[-1]["logits"]  # [n, n_vocab]
+        loss -= log_softmax(logits)[np.arange(len(ids)), targets].sum()
+        dlogits = softmax(logits)  # d (-log softmax[target]) / d logits = softmax - onehot(target)
+        dlogits[np.arange(len(ids)), targets] -= 1
+        dlogits /= n_total  # the mean over all tokens
+        grads["wte.weight"] += dlogits.T @ rec[-1]["ln_f"]  # the tied LM head ...
+        dx, dg, db = layer_norm_backward(dlogits @ params["wte"], rec[-1]["resid_pre"], params["ln_f"]["g"], eps)
+        grads["ln_f.weight"] += dg
+        grads["ln_f.bias"] += db
+        for i in reversed(range(len(params["h"]))):
+            dx, g = block_backward(dx, rec[i], params["h"][i], n_head, eps)
+            for name, d in g.items():
+                grads[f"h.{i}.{name}"] += d
+        np.add.at(grads["wte.weight"], inputs, dx)  # ... and the token embeddings: wte is used twice
+        grads["wpe.weight"][: len(inputs)] += dx
+    return loss / n_total, grads
+
+
+def clip_grad_norm(grads, max_norm):  # torch.nn.utils.clip_grad_norm_ -> the norm before clipping
+    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+    coef = min(max_norm / (total + 1e-6), 1.0)
+    for g in grads.values():
+        g *= coef
+    return total
+
+
+def adamw(flat_params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """One step of torch.optim.AdamW, in place. state: {"step": int, "m": {name: array}, "v": ...}.
+    Decoupled weight decay on the 2-D tensors only (wte, wpe, Conv1D weights), as nanoGPT's
+    configure_optimizers does."""
+    state["step"] = t = state.get("step", 0) + 1
+    for name, p in flat_params.items():
+        g = grads[name]
+        m = state.setdefault("m", {}).setdefault(name, np.zeros_like(p))
+        v = state.setdefault("v", {}).setdefault(name, np.zeros_like(p))
+        if p.ndim >= 2:
+            p *= 1 - lr * weight_decay
+        m[:] = beta1 * m + (1 - beta1) * g
+        v[:] = beta2 * v + (1 - beta2) * g * g
+        p -= lr / (1 - beta1**t) * m / (np.sqrt(v) / math.sqrt(1 - beta2**t) + eps)

@@ -208,3 +208,65 @@ def test_matches_transformers(tmp_path, name, variant):
                              attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),
                              pad_token_id=50256)
     assert ids[0, len(PROMPT):].tolist() == R.generate_greedy(p, hp, PROMPT, 20)
+
+
+# ---- training: the hand-written backward against PyTorch's autograd ----
+
+TEXTS = [[464, 2068, 7586, 21831, 18045, 625, 262], [15496, 995], [40, 716, 257, 1332, 286, 262, 3303, 13, 50, 51, 52]]
+
+
+def torch_loss_and_grads(path, texts, dtype="float64", model=None):
+    """transformers' GPT2LMHeadModel on the same checkpoint: the token-weighted mean loss of
+    predicting each text's tokens from <|endoftext|> and their prefix, and its gradients."""
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2LMHeadModel
+
+    model = model or GPT2LMHeadModel.from_pretrained(path, torch_dtype=getattr(torch, dtype))
+    model.zero_grad()
+    n_total = sum(len(t) for t in texts)
+    loss = 0
+    for ids in texts:
+        inputs, targets = R.lm_example(ids)
+        logits = model(torch.tensor([inputs])).logits[0]
+        loss = loss + torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="sum") / n_total
+    loss.backward()
+    grads = {name.removeprefix("transformer."): p.grad.numpy().copy() for name, p in model.named_parameters()
+             if name != "lm_head.weight"}  # tied: the same tensor as wte, its gradient holds both uses
+    return float(loss.detach()), grads
+
+
+def test_backward_matches_torch_autograd(tiny):
+    pytest.importorskip("transformers")
+    path, hp, p = tiny
+    loss, grads = R.loss_and_grads(p, hp, TEXTS)
+    torch_loss, torch_grads = torch_loss_and_grads(path, TEXTS)
+    assert abs(loss - torch_loss) < 1e-10, (loss, torch_loss)
+    assert set(grads) == set(torch_grads)
+    for name, g in torch_grads.items():
+        assert_close(f"d loss / d {name}", grads[name], g, 1e-10 * max(1.0, np.abs(g).max()))
+
+
+def test_adamw_matches_torch(tiny):
+    """Three steps of the NumPy twin of AdamW (weight decay, clipping) against torch.optim.AdamW."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import GPT2LMHeadModel
+
+    path, hp, p = tiny
+    model = GPT2LMHeadModel.from_pretrained(path, torch_dtype=torch.float64)
+    decay = [q for n, q in model.named_parameters() if q.dim() >= 2 and n != "lm_head.weight"]
+    other = [q for n, q in model.named_parameters() if q.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    params, state = R.flat(p), {}
+    for step in range(3):
+        loss, grads = R.loss_and_grads(p, hp, TEXTS)
+        norm = R.clip_grad_norm(grads, 1.0)
+        R.adamw(params, grads, state, lr=1e-2, beta1=0.9, beta2=0.95, weight_decay=0.1)
+        torch_loss, _ = torch_loss_and_grads(path, TEXTS, model=model)
+        torch_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        opt.step()
+        assert abs(loss - torch_loss) < 1e-10 and abs(norm - torch_norm) < 1e-10, (step, loss, torch_loss, norm, torch_norm)
+    for name, q in model.named_parameters():
+        if name != "lm_head.weight":
+            assert_close(f"{name} after 3 steps", params[name.removeprefix("transformer.")], q.detach().numpy(), 1e-10)

@@ -1,0 +1,447 @@
+-- Stage 12: training: the loss, its gradient with respect to every parameter, AdamW.
+--
+-- NumPy twin: tests/reference.py loss_and_grads, clip_grad_norm and adamw (each checked
+-- against PyTorch's autograd and torch.optim.AdamW in tests/test_reference.py).
+--
+-- The forward pass is the one generation runs (gpt2.run_layers, stage 8), recording its
+-- activations; the backward pass walks it back stage by stage, each stage's backward beside
+-- its forward in that stage's file:
+--   gpt2.lm_backward        cross-entropy through the tied LM head          (80_head.sql)
+--   gpt2.run_backward       the layer loop backwards, then the embeddings    (85_forward.sql)
+--     block_step_backward   one position-wise step: ln_1/c_attn of the next block (or ln_f),
+--                           mlp.c_proj, GELU, c_fc, ln_2, attn.c_proj         (70_block.sql)
+--     mha_backward          the heads of each (sequence, head), on both cores (75_parallel.sql)
+--     attend_backward       one head: softmax and the causal mask            (60_attention.sql)
+--     linear_backward       dx, dW, db of a Conv1D                            (50_linear.sql)
+--     gelu_backward, ln_backward                                              (40, 30)
+--
+-- A text is one sequence from position 0 whose tokens are predicted as gpt2.score predicts
+-- them: the first from <|endoftext|>, each other from the tokens before it. The loss is the
+-- mean of -log p over every predicted token of every text (token-weighted).
+--
+--   gpt2.loss(texts, model)                          the loss
+--   gpt2.gradient(texts, tensor, model)              d loss / d tensor, rows in the checkpoint's layout
+--   gpt2.gradient_summary(texts, model, top)         per tensor: the norm, and the rows that move most
+--   gpt2.train_step(model, texts, lr, ...)           one AdamW step in place
+--   gpt2.copy_model(source, into, replace)           a copy to train (the source stays as it is)
+--   gpt2.train_start(source, query, into, ...)       a training run over the text a query returns,
+--   gpt2.train_next(model) / CALL gpt2.train(model)  one step of it / all its steps, committing each
+--
+-- Training needs float32 weights and, for dx = dy @ W^T, each Conv1D weight and wte also
+-- transposed: conv1d rows `tensor^T` (one per input, chunked over outputs) and `wte^T` (one per
+-- embedding dimension, chunked over the vocabulary), made by gpt2.prepare_backward and kept
+-- equal to the weights after every step. AdamW's moments live in the model's schema
+-- (table adam), the step count in gpt2.models.step.
+
+-- Every parameter tensor of the current model: its Hugging Face name, where it lives (kind,
+-- tensor, layer: see gpt2.param_rows), its rows in the gradient layout (gpt2.param_grad)
+-- and their width, and whether AdamW decays it (the 2-D ones, as nanoGPT does).
+CREATE OR REPLACE FUNCTION gpt2.parameters()
+RETURNS TABLE (name text, kind text, tensor text, layer int, n_rows int, width int, decay boolean)
+LANGUAGE sql STABLE AS $$
+    WITH m AS (SELECT * FROM gpt2.current_model()),
+    norms AS (                                          -- every layer norm: (tensor, layer, its name's prefix)
+        SELECT 'ln_f' AS tensor, 0 AS layer, 'ln_f.' AS prefix
+        UNION ALL
+        SELECT t, l, format('h.%s.%s.', l, t) FROM m, generate_series(0, m.n_layer - 1) AS l, unnest(ARRAY['ln_1', 'ln_2']) AS t
+    ), convs AS (                                       -- every Conv1D: (tensor, n_in, n_out)
+        SELECT * FROM m, LATERAL (VALUES ('attn.c_attn', m.n_embd, 3 * m.n_embd), ('attn.c_proj', m.n_embd, m.n_embd),
+                                         ('mlp.c_fc', m.n_embd, m.n_inner), ('mlp.c_proj', m.n_inner, m.n_embd)) AS c(tensor, n_in, n_out)
+    )
+    SELECT 'wte.weight', 'wte', 'wte', 0, m.n_vocab, m.n_embd, true FROM m
+    UNION ALL SELECT 'wpe.weight', 'wpe', 'wpe', 0, m.n_positions, m.n_embd, true FROM m
+    UNION ALL SELECT n.prefix || 'weight', 'ln_g', n.tensor, n.layer, 1, m.n_embd, false FROM norms n, m
+    UNION ALL SELECT n.prefix || 'bias', 'ln_b', n.tensor, n.layer, 1, m.n_embd, false FROM norms n, m
+    UNION ALL SELECT format('h.%s.%s.weight', l, c.tensor), 'conv1d_w', c.tensor, l, c.n_out, c.n_in, true
+              FROM convs c, generate_series(0, c.n_layer - 1) AS l
+    UNION ALL SELECT format('h.%s.%s.bias', l, c.tensor), 'conv1d_b', c.tensor, l, 1, c.n_out, false
+              FROM convs c, generate_series(0, c.n_layer - 1) AS l
+$$;
+
+-- A one-line error unless the current model can be trained (float32 weights).
+CREATE OR REPLACE FUNCTION gpt2.require_float32(m gpt2.models) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF m.dtype <> 'float32' THEN
+        RAISE EXCEPTION 'training needs float32 weights, and model "%" is %', m.name, m.dtype
+            USING HINT = format('load a float32 copy: gpt2sql load %s --name %s-f32 --dtype float32', m.source, m.name);
+    END IF;
+END
+$$;
+
+-- (Re)write the transposed rows of a Conv1D weight (tensor^T: one per input i, W[i, :] in
+-- chunks over the outputs) or of wte (wte^T: one per embedding dimension, in chunks over the
+-- vocabulary) from the current weights.
+CREATE OR REPLACE FUNCTION gpt2.write_transposed(tensor text, layer int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    wm real[];                                                     -- [n_rows, n_cols] the weight, as stored
+    width int;
+BEGIN
+    IF tensor = 'wte' THEN                                         -- [n_vocab, n_embd]
+        wm := ARRAY(SELECT e.w::vector::real[] FROM wte e ORDER BY e.token);
+    ELSE                                                           -- W^T [n_out, n_in]: conv1d's rows by output
+        wm := ARRAY(SELECT gpt2.vcat(c.w::vector ORDER BY c.chunk)::real[] FROM conv1d c
+                   WHERE c.tensor = write_transposed.tensor AND c.layer = write_transposed.layer GROUP BY c.col ORDER BY c.col);
+    END IF;
+    width := gpt2.chunk_dims(array_length(wm, 1), 'float32');
+    INSERT INTO conv1d AS o (tensor, layer, chunk, col, w, b)
+    SELECT write_transposed.tensor || '^T', write_transposed.layer, k, (r.j - 1)::int, r.v, 0
+    FROM generate_series(0, (array_length(wm, 1) - 1) / width) AS k,
+         unnest(gpt2.transpose(wm[k * width + 1 : least((k + 1) * width, array_length(wm, 1))][1 : array_length(wm, 2)]))
+             WITH ORDINALITY AS r(v, j)
+    ON CONFLICT ON CONSTRAINT conv1d_pkey DO UPDATE SET w = EXCLUDED.w;
+END
+$$;
+
+-- What a model needs before its gradients can be taken: float32 weights, and the transposed
+-- weights (made once; 124M: ~10 s). A role that may only read the model gets a one-line error.
+CREATE OR REPLACE FUNCTION gpt2.prepare_backward() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    p record;
+BEGIN
+    PERFORM gpt2.require_float32(m);
+    IF EXISTS (SELECT FROM conv1d WHERE tensor = 'wte^T') THEN
+        RETURN;
+    END IF;
+    IF NOT has_table_privilege(format('%I.conv1d', m.schema_name), 'INSERT') THEN
+        RAISE EXCEPTION 'model "%" has no transposed weights yet, and this role may not add them', m.name
+            USING HINT = format('its owner can run once: SELECT gpt2.use_model(%L); SELECT gpt2.prepare_backward();', m.name);
+    END IF;
+    FOR p IN SELECT * FROM gpt2.parameters() WHERE kind IN ('wte', 'conv1d_w') LOOP
+        PERFORM gpt2.write_transposed(p.tensor, p.layer);
+        PERFORM gpt2.progress('transposing', 1, 1);
+    END LOOP;
+END
+$$;
+
+-- The training examples of some texts: each text one sequence from position 0 (-2, -3, ...),
+-- its tokens predicted from <|endoftext|> and the tokens before them.
+--   texts {'Hello world'} -> inputs {50256, 15496}, targets {15496, 995}
+CREATE OR REPLACE FUNCTION gpt2.lm_examples(texts text[], m gpt2.models,
+                                            OUT seqs int[], OUT positions int[], OUT inputs int[], OUT targets int[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    lengths int[];
+    t text;
+    tokens int[];
+BEGIN
+    IF texts IS NULL OR cardinality(texts) = 0 THEN
+        RAISE EXCEPTION 'no texts given';
+    END IF;
+    inputs := '{}'; targets := '{}'; lengths := '{}';
+    FOR k IN 1 .. cardinality(texts) LOOP
+        t := texts[k];
+        IF t IS NULL THEN
+            RAISE EXCEPTION 'text % is NULL', k;
+        END IF;
+        tokens := coalesce(gpt2.tokenize(t), '{}');
+        IF cardinality(tokens) > m.n_positions THEN
+            RAISE EXCEPTION 'text % has % tokens; model "%" sees at most % at once', k, cardinality(tokens), m.name, m.n_positions
+                USING HINT = 'cut it into pieces (gpt2.train_start cuts a query''s text into blocks)';
+        END IF;
+        IF cardinality(tokens) > 0 THEN
+            inputs := inputs || gpt2.eos_id() || tokens[1:cardinality(tokens) - 1];
+            targets := targets || tokens;
+            lengths := lengths || cardinality(tokens);
+        END IF;
+    END LOOP;
+    IF cardinality(targets) = 0 THEN
+        RAISE EXCEPTION 'the texts hold no tokens to predict';
+    END IF;
+    SELECT s.seqs, s.positions INTO seqs, positions FROM gpt2.scratch_seqs(lengths) AS s;
+END
+$$;
+
+-- The mean loss over examples (inputs at (seqs, positions), targets), and with grads => true its
+-- gradient in the table grads (stage 8): the forward pass recorded, then backwards.
+CREATE OR REPLACE FUNCTION gpt2.loss_and_grads(seqs int[], positions int[], inputs int[], targets int[], grads boolean)
+RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    unit int := gpt2.parallel_unit();
+    seq_ids int[] := ARRAY(SELECT DISTINCT unnest(seqs));
+    xs vector[];
+    lg gpt2.lm_grad;
+    total float8 := 0;
+BEGIN
+    PERFORM gpt2.kv_drop(seq_ids);
+    xs := gpt2.run_layers(seqs, positions, gpt2.embed_at(inputs, positions), 0, grads);
+    PERFORM gpt2.kv_drop(seq_ids);                                 -- (training reads the tape, not the cache)
+    IF NOT grads THEN
+        RETURN gpt2.lm_loss(xs, targets) / cardinality(targets);
+    END IF;
+    PERFORM gpt2.grads_reset();
+    lg := gpt2.lm_backward(xs, targets, 1.0 / cardinality(targets));
+    PERFORM gpt2.grads_add(ARRAY[ROW('wte.weight', lg.dwte)]::gpt2.param_grad[]);
+    PERFORM gpt2.run_backward(seqs, positions, inputs, lg.dx);
+    RETURN lg.loss / cardinality(targets);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.loss(texts text[], model text DEFAULT NULL) RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.use_model(model, true);
+    e record := gpt2.lm_examples(texts, m);
+BEGIN
+    RETURN gpt2.loss_and_grads(e.seqs, e.positions, e.inputs, e.targets, false);
+END
+$$;
+
+-- d loss / d tensor (a Hugging Face parameter name), in the checkpoint's layout: row i of a 2-D
+-- tensor (Conv1D weights are [in, out]), one row i = 0 of a 1-D one.
+CREATE OR REPLACE FUNCTION gpt2.gradient(texts text[], tensor text, model text DEFAULT NULL)
+RETURNS TABLE (i int, g float8[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.use_model(model, true);
+    p record;
+    e record;
+BEGIN
+    SELECT * INTO p FROM gpt2.parameters() AS q WHERE q.name = gradient.tensor;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" has no parameter "%"', m.name, gradient.tensor
+            USING HINT = 'names as Hugging Face names them: wte.weight, wpe.weight, ln_f.bias, h.0.attn.c_attn.weight, h.0.ln_2.weight, ...';
+    END IF;
+    PERFORM gpt2.prepare_backward();
+    e := gpt2.lm_examples(texts, m);
+    PERFORM gpt2.loss_and_grads(e.seqs, e.positions, e.inputs, e.targets, true);
+    IF p.kind = 'conv1d_w' THEN                                    -- grads hold dW[:, o]: transpose to [in, out]
+        RETURN QUERY SELECT (r.k - 1)::int, r.v::real[]::float8[]
+                     FROM unnest(gpt2.transpose(ARRAY(SELECT d.g FROM grads d WHERE d.name = gradient.tensor ORDER BY d.i)))
+                          WITH ORDINALITY AS r(v, k);
+    ELSE                                                           -- rows never reached are 0
+        RETURN QUERY SELECT k, coalesce(d.g, gpt2.fill(0, p.width))::real[]::float8[]
+                     FROM generate_series(0, p.n_rows - 1) AS k LEFT JOIN grads d ON d.name = gradient.tensor AND d.i = k
+                     ORDER BY k;
+    END IF;
+END
+$$;
+
+-- The glass box of learning: for every parameter tensor, the norm of its gradient and the rows
+-- that move most (wte and wpe: which tokens and positions; Conv1D weights: which output
+-- columns), each with its largest entry. "Which weights would these texts move most?"
+CREATE OR REPLACE FUNCTION gpt2.gradient_summary(texts text[], model text DEFAULT NULL, top int DEFAULT 3)
+RETURNS TABLE (name text, norm float8, top_rows jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.use_model(model, true);
+    e record;
+BEGIN
+    IF top IS NULL OR top < 0 OR top > gpt2.top_limit() THEN
+        RAISE EXCEPTION 'top must be between 0 and %, got %', gpt2.top_limit(), top;
+    END IF;
+    PERFORM gpt2.prepare_backward();
+    e := gpt2.lm_examples(texts, m);
+    PERFORM gpt2.loss_and_grads(e.seqs, e.positions, e.inputs, e.targets, true);
+    RETURN QUERY
+    WITH r AS (                                        -- every gradient row, its norm
+        SELECT d.name, d.i, d.g, sqrt(-(d.g <#> d.g)) AS norm FROM grads d
+    ), ranked AS (
+        SELECT r.*, row_number() OVER (PARTITION BY r.name ORDER BY r.norm DESC, r.i) AS rank FROM r
+    ), best AS (                                       -- the top rows, each with its largest entry
+        SELECT k.name, jsonb_agg(jsonb_build_object('row', k.i, 'norm', k.norm, 'index', x.j - 1, 'value', x.v)
+                                 ORDER BY k.rank) AS rows
+        FROM ranked k, LATERAL (SELECT u.j, u.v FROM unnest(k.g::real[]) WITH ORDINALITY AS u(v, j)
+                                ORDER BY abs(u.v) DESC, u.j LIMIT 1) AS x
+        WHERE k.rank <= top
+        GROUP BY k.name
+    )
+    SELECT p.name, coalesce(sqrt(sum(r.norm * r.norm)), 0), coalesce(b.rows, '[]')
+    FROM gpt2.parameters() AS p
+    LEFT JOIN r ON r.name = p.name
+    LEFT JOIN best b ON b.name = p.name
+    GROUP BY p.name, b.rows
+    ORDER BY 2 DESC NULLS LAST, p.name;
+END
+$$;
+
+-- Where a parameter lives, read and written in the gradient layout (gpt2.parameters' kind):
+--   wte, wpe      rows by token / position                   (tables wte, wpe)
+--   ln_g, ln_b    one row: a layer norm's gain or shift      (table ln)
+--   conv1d_w      rows by output column, W[:, o]             (conv1d's chunks of it, joined)
+--   conv1d_b      one row: the bias                          (conv1d's b of chunk 0, by column)
+CREATE OR REPLACE FUNCTION gpt2.param_rows(kind text, tensor text, layer int) RETURNS TABLE (i int, w vector)
+LANGUAGE plpgsql AS $$
+BEGIN
+    CASE kind
+        WHEN 'wte' THEN RETURN QUERY SELECT e.token, e.w::vector FROM wte e;
+        WHEN 'wpe' THEN RETURN QUERY SELECT e.pos, e.w::vector FROM wpe e;
+        WHEN 'ln_g' THEN RETURN QUERY SELECT 0, l.g FROM ln l WHERE l.tensor = param_rows.tensor AND l.layer = param_rows.layer;
+        WHEN 'ln_b' THEN RETURN QUERY SELECT 0, l.b FROM ln l WHERE l.tensor = param_rows.tensor AND l.layer = param_rows.layer;
+        WHEN 'conv1d_w' THEN
+            RETURN QUERY SELECT c.col, gpt2.vcat(c.w::vector ORDER BY c.chunk) FROM conv1d c
+                         WHERE c.tensor = param_rows.tensor AND c.layer = param_rows.layer GROUP BY c.col;
+        WHEN 'conv1d_b' THEN
+            RETURN QUERY SELECT 0, array_agg(c.b ORDER BY c.col)::vector FROM conv1d c
+                         WHERE c.tensor = param_rows.tensor AND c.layer = param_rows.layer AND c.chunk = 0;
+    END CASE;
+END
+$$;
+
+-- Write rows (i, w) of a parameter back where it lives (see gpt2.param_rows).
+CREATE OR REPLACE FUNCTION gpt2.param_write(kind text, tensor text, layer int, rows_i int[], rows_w vector[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    width int;
+BEGIN
+    CASE kind
+        WHEN 'wte' THEN UPDATE wte e SET w = u.w FROM unnest(rows_i, rows_w) AS u(i, w) WHERE e.token = u.i;
+        WHEN 'wpe' THEN UPDATE wpe e SET w = u.w FROM unnest(rows_i, rows_w) AS u(i, w) WHERE e.pos = u.i;
+        WHEN 'ln_g' THEN UPDATE ln l SET g = rows_w[1] WHERE l.tensor = param_write.tensor AND l.layer = param_write.layer;
+        WHEN 'ln_b' THEN UPDATE ln l SET b = rows_w[1] WHERE l.tensor = param_write.tensor AND l.layer = param_write.layer;
+        WHEN 'conv1d_w' THEN
+            width := gpt2.chunk_dims(vector_dims(rows_w[1]), 'float32');
+            UPDATE conv1d c SET w = subvector(u.w, c.chunk * width + 1, least(width, vector_dims(u.w) - c.chunk * width))
+            FROM unnest(rows_i, rows_w) AS u(i, w)
+            WHERE c.tensor = param_write.tensor AND c.layer = param_write.layer AND c.col = u.i;
+        WHEN 'conv1d_b' THEN
+            UPDATE conv1d c SET b = (rows_w[1]::real[])[c.col + 1]
+            WHERE c.tensor = param_write.tensor AND c.layer = param_write.layer AND c.chunk = 0;
+    END CASE;
+END
+$$;
+
+-- One AdamW step of one parameter, as torch.optim.AdamW takes it (NumPy twin: reference.adamw):
+--   w = w (1 - lr wd);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+--   w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+-- g is the stored gradient times coef (the clipping); rows without one have a gradient of 0.
+-- Everything but the last factor is pgvector arithmetic on whole rows; 1 / (sqrt(v) / .. + eps)
+-- takes a pass over the numbers (pgvector has no division or square root).
+CREATE OR REPLACE FUNCTION gpt2.adamw_update(p record, coef float8, lr float8, beta1 float8, beta2 float8,
+                                             eps float8, weight_decay float8, step int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d int := p.width;
+    rows_i int[];
+    rows_w vector[];
+BEGIN
+    WITH u AS (
+        SELECT w.i, w.w, coalesce(g.g * gpt2.fill(coef, d), gpt2.fill(0, d)) AS g,
+               coalesce(a.m, gpt2.fill(0, d)) AS m, coalesce(a.v, gpt2.fill(0, d)) AS v
+        FROM gpt2.param_rows(p.kind, p.tensor, p.layer) AS w
+        LEFT JOIN grads g ON g.name = p.name AND g.i = w.i
+        LEFT JOIN adam a ON a.name = p.name AND a.i = w.i
+    ), mv AS (
+        SELECT u.i, u.w, u.m * gpt2.fill(beta1, d) + u.g * gpt2.fill(1 - beta1, d) AS m,
+               u.v * gpt2.fill(beta2, d) + u.g * u.g * gpt2.fill(1 - beta2, d) AS v
+        FROM u OFFSET 0
+    ), saved AS (
+        INSERT INTO adam AS a (name, i, m, v) SELECT p.name, mv.i, mv.m, mv.v FROM mv
+        ON CONFLICT (name, i) DO UPDATE SET m = EXCLUDED.m, v = EXCLUDED.v
+    )
+    SELECT array_agg(mv.i), array_agg(mv.w * gpt2.fill(CASE WHEN p.decay THEN 1 - lr * weight_decay ELSE 1 END, d)
+                                      - mv.m * r.r * gpt2.fill(lr / (1 - beta1 ^ step), d))
+    INTO rows_i, rows_w
+    FROM mv, LATERAL (SELECT ARRAY(SELECT 1 / (sqrt(x) / sqrt(1 - beta2 ^ step) + eps) FROM unnest(mv.v::real[]) AS x)::vector AS r) AS r;
+    PERFORM gpt2.param_write(p.kind, p.tensor, p.layer, rows_i, rows_w);
+END
+$$;
+
+-- The optimizer's state of a model that trains: AdamW's moments by gradient row (the step
+-- count is gpt2.models.step). Made on the first step.
+CREATE OR REPLACE FUNCTION gpt2.prepare_training() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+BEGIN
+    PERFORM gpt2.prepare_backward();
+    IF to_regclass(format('%I.adam', m.schema_name)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.adam (name text, i int, m vector NOT NULL, v vector NOT NULL, PRIMARY KEY (name, i))',
+                       m.schema_name);
+        EXECUTE format('ALTER TABLE %I.adam ALTER COLUMN m SET STORAGE EXTERNAL, ALTER COLUMN v SET STORAGE EXTERNAL',
+                       m.schema_name);
+    END IF;
+END
+$$;
+
+-- Each step's loss, learning rate, gradient norm (before clipping) and per-tensor gradient norms.
+CREATE TABLE IF NOT EXISTS gpt2.train_log (
+    model      text NOT NULL REFERENCES gpt2.models (name) ON DELETE CASCADE,
+    step       int  NOT NULL,
+    loss       float8 NOT NULL,
+    lr         float8 NOT NULL,
+    grad_norm  float8 NOT NULL,
+    tokens     int  NOT NULL,
+    norms      jsonb NOT NULL,           -- {"wte.weight": 1.23, ...}
+    seconds    float8 NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model, step)
+);
+
+-- One AdamW step on the current model from examples (as gpt2.lm_examples makes them), after
+-- clipping the global gradient norm to clip as torch.nn.utils.clip_grad_norm_ does (NULL: no
+-- clipping). A loss or gradient that is not finite stops the step before anything changes.
+CREATE OR REPLACE FUNCTION gpt2.adamw_step(seqs int[], positions int[], inputs int[], targets int[], lr float8,
+                                           beta1 float8, beta2 float8, eps float8, weight_decay float8, clip float8,
+                                           OUT step int, OUT loss float8, OUT grad_norm float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    started timestamptz := clock_timestamp();
+    p record;
+    norms jsonb;
+BEGIN
+    IF NOT (lr > 0 AND lr < 'Infinity') THEN RAISE EXCEPTION 'lr must be > 0 and finite, got %', lr; END IF;
+    IF NOT (beta1 >= 0 AND beta1 < 1 AND beta2 >= 0 AND beta2 < 1) THEN
+        RAISE EXCEPTION 'beta1 and beta2 must be in [0, 1), got % and %', beta1, beta2;
+    END IF;
+    IF NOT (eps >= 0 AND eps < 'Infinity') THEN RAISE EXCEPTION 'eps must be >= 0 and finite, got %', eps; END IF;
+    IF NOT (weight_decay >= 0 AND weight_decay < 'Infinity') THEN
+        RAISE EXCEPTION 'weight_decay must be >= 0 and finite, got %', weight_decay;
+    END IF;
+    IF clip IS NOT NULL AND NOT (clip > 0) THEN RAISE EXCEPTION 'clip must be > 0 (or NULL for no clipping), got %', clip; END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtext('gpt2sql train'), hashtext(m.schema_name)) THEN
+        RAISE EXCEPTION 'model "%" is taking a training step on another connection', m.name;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtext('gpt2sql generate'), hashtext(m.schema_name)) THEN
+        RAISE EXCEPTION 'a generation is running on model "%" on another connection: train a copy, or wait', m.name;
+    END IF;
+    PERFORM gpt2.prepare_training();
+    loss := gpt2.loss_and_grads(seqs, positions, inputs, targets, true);
+    SELECT sqrt(sum(-(g.g <#> g.g))) INTO grad_norm FROM grads g;
+    SELECT jsonb_object_agg(x.name, x.norm ORDER BY x.name) INTO norms
+    FROM (SELECT g.name, sqrt(sum(-(g.g <#> g.g))) AS norm FROM grads g GROUP BY g.name) AS x;
+    IF NOT (loss > '-Infinity' AND loss < 'Infinity' AND grad_norm < 'Infinity') THEN   -- (NaN fails both)
+        RAISE EXCEPTION 'the loss is % and the gradient norm %: the step is not taken', loss, grad_norm
+            USING HINT = 'a lower lr, or clip, keeps the weights finite';
+    END IF;
+    step := m.step + 1;
+    FOR p IN SELECT * FROM gpt2.parameters() LOOP
+        PERFORM gpt2.adamw_update(p, CASE WHEN clip IS NULL THEN 1 ELSE least(clip / (grad_norm + 1e-6), 1) END,
+                                  lr, beta1, beta2, eps, weight_decay, step);
+    END LOOP;
+    FOR p IN SELECT * FROM gpt2.parameters() WHERE kind IN ('wte', 'conv1d_w') LOOP    -- dx's weights follow
+        PERFORM gpt2.write_transposed(p.tensor, p.layer);
+    END LOOP;
+    UPDATE gpt2.models SET step = adamw_step.step WHERE name = m.name;
+    INSERT INTO gpt2.train_log (model, step, loss, lr, grad_norm, tokens, norms, seconds)
+    VALUES (m.name, step, loss, lr, grad_norm, cardinality(targets), norms,
+            extract(epoch FROM clock_timestamp() - started));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.train_step(model text, texts text[], lr float8, beta1 float8 DEFAULT 0.9,
+                                           beta2 float8 DEFAULT 0.999, eps float8 DEFAULT 1e-8,
+                                           weight_decay float8 DEFAULT 0.0, clip float8 DEFAULT 1.0)
+RETURNS TABLE (step int, loss float8, grad_norm float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models;
+    e record;
+BEGIN
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'name the model to train (its weights change in place; gpt2.copy_model makes a copy)';
+    END IF;
+    m := gpt2.use_model(model, true);
+    PERFORM gpt2.require_float32(m);
+    e := gpt2.lm_examples(texts, m);
+    RETURN QUERY SELECT * FROM gpt2.adamw_step(e.seqs, e.positions, e.inputs, e.targets, lr, beta1, beta2, eps,
+                                               weight_decay, clip);
+END
+$$;
