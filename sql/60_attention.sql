@@ -390,7 +390,8 @@ $$;
 -- its queries, keys and values from those of its outputs. NumPy twin: tests/reference.py
 -- attention_backward(dout, q, k, v). With P = softmax(q k^T * scale + causal mask), per row i:
 --   dP[i][j] = dz[i] . v[j]                       (j <= i)
---   dS[i] = P[i] * (dP[i] - D[i]),  D[i] = dz[i] . z[i]  (= sum_j P[i][j] dP[i][j]: z = P v)
+--   dS[i] = P[i] * (dP[i] - D[i]),  D[i] = P[i] . dP[i]  (softmax's backward: each row of dS sums
+--                                   to 0, as it must; dz[i] . z[i] is the same sum, rounded otherwise)
 --   dq[i] = scale * sum_j dS[i][j] k[j]           dq[i][d] = dS[i] . kT[d]
 --   dk[j] = scale * sum_i dS[i][j] q[i]           dk[j][d] = dS^T[j] . qT[d]    (i >= j)
 --   dv[j] = sum_i P[i][j] dz[i]                   dv[j][d] = P^T[j] . dzT[d]    (i >= j)
@@ -402,7 +403,7 @@ CREATE TYPE gpt2.head_grad AS (
     dv vector[]
 );
 
-CREATE OR REPLACE FUNCTION gpt2.attend_backward(h int, qkv vector[], z vector[], dz vector[]) RETURNS gpt2.head_grad
+CREATE OR REPLACE FUNCTION gpt2.attend_backward(h int, qkv vector[], dz vector[]) RETURNS gpt2.head_grad
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
@@ -434,7 +435,7 @@ BEGIN
         SELECT e.i, e.dp::vector AS dp, e.e * gpt2.fill(1 / e.sum_e, e.i) AS p FROM e
     )
     SELECT array_agg(pr.p ORDER BY pr.i),
-           array_agg(pr.p * (pr.dp - gpt2.fill(-(dzh[pr.i] <#> subvector(z[pr.i], h * dh + 1, dh)), pr.i)) ORDER BY pr.i)
+           array_agg(pr.p * (pr.dp - gpt2.fill(-(pr.p <#> pr.dp), pr.i)) ORDER BY pr.i)
     INTO p, ds FROM pr;
     pm := ARRAY(SELECT p[i]::real[] || array_fill(0::real, ARRAY[n - i]) FROM generate_series(1, n) AS i);
     dsm := ARRAY(SELECT ds[i]::real[] || array_fill(0::real, ARRAY[n - i]) FROM generate_series(1, n) AS i);
@@ -459,7 +460,7 @@ DO $do$ DECLARE f text; BEGIN
                              'gpt2.attend_fresh_pass_16(int, vector[], vector[], float8[], int[])',
                              'gpt2.kv_fold(int, int[])', 'gpt2.attend_1(int, int[], int[], vector[], float8[])',
                              'gpt2.attend_16(int, int[], int[], vector[], float8[])',
-                             'gpt2.attend_backward(int, vector[], vector[], vector[])'] LOOP
+                             'gpt2.attend_backward(int, vector[], vector[])'] LOOP
         -- subtle: the arguments are arrays of thousands of floats; a custom plan would inline
         --   them as constants and be planned again on every call: plan once
         EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);

@@ -151,16 +151,17 @@ ALTER FUNCTION gpt2.steps(int, vector[], vector[], boolean, vector[], vector[], 
 ALTER FUNCTION gpt2.mha(int, int[], int[], vector[]) SET plan_cache_mode = force_generic_plan;
 
 -- Backward (training, stage 12): the heads' backward of fresh sequences (training runs every
--- text from position 0), one unit per (sequence, head) as gpt2.mha. qkv, z, dz: [n] rows of all
--- sequences; starts as gpt2.mha. Returns d loss / d qkv, [n] of [3*n_embd].
-CREATE OR REPLACE FUNCTION gpt2.head_backward_units(qkv vector[], z vector[], dz vector[], starts int[], u0 int, count int)
+-- text from position 0), one unit per (sequence, head) as gpt2.mha. qkv, dz (d loss / d the
+-- heads' outputs): [n] rows of all sequences; starts as gpt2.mha. Returns d loss / d qkv, [n]
+-- of [3*n_embd].
+CREATE OR REPLACE FUNCTION gpt2.head_backward_units(qkv vector[], dz vector[], starts int[], u0 int, count int)
 RETURNS TABLE (g int, r gpt2.head_grad)
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     n_head int := (gpt2.current_model()).n_head;
 BEGIN
     RETURN QUERY
-    SELECT u0 + u.g, gpt2.attend_backward((u0 + u.g) % n_head, qkv[s.lo:s.hi], z[s.lo:s.hi], dz[s.lo:s.hi])
+    SELECT u0 + u.g, gpt2.attend_backward((u0 + u.g) % n_head, qkv[s.lo:s.hi], dz[s.lo:s.hi])
     FROM gpt2.units u,
          LATERAL (SELECT starts[(u0 + u.g) / n_head + 1] AS lo, starts[(u0 + u.g) / n_head + 2] - 1 AS hi) AS s
     WHERE u.g < count;
@@ -171,11 +172,11 @@ DO $do$ DECLARE setting text; BEGIN
     FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
                                    'parallel_leader_participation = off', 'parallel_setup_cost = 0',
                                    'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
-        EXECUTE format('ALTER FUNCTION gpt2.head_backward_units(vector[], vector[], vector[], int[], int, int) SET %s', setting);
+        EXECUTE format('ALTER FUNCTION gpt2.head_backward_units(vector[], vector[], int[], int, int) SET %s', setting);
     END LOOP;
 END $do$;
 
-CREATE OR REPLACE FUNCTION gpt2.mha_backward(seqs int[], qkv vector[], z vector[], dz vector[]) RETURNS vector[]
+CREATE OR REPLACE FUNCTION gpt2.mha_backward(seqs int[], qkv vector[], dz vector[]) RETURNS vector[]
 LANGUAGE plpgsql AS $$
 DECLARE
     n_head int := (gpt2.current_model()).n_head;
@@ -186,13 +187,13 @@ DECLARE
     heads gpt2.head_grad[] := '{}';
 BEGIN
     IF cardinality(qkv) < gpt2.parallel_min() THEN
-        heads := ARRAY(SELECT gpt2.attend_backward(k % n_head, qkv[lo:hi], z[lo:hi], dz[lo:hi])
+        heads := ARRAY(SELECT gpt2.attend_backward(k % n_head, qkv[lo:hi], dz[lo:hi])
                        FROM generate_series(0, n_units - 1) AS k,
                             LATERAL (SELECT starts[k / n_head + 1] AS lo, starts[k / n_head + 2] - 1 AS hi) AS s
                        ORDER BY k);
     ELSE
         FOR u0 IN 0 .. n_units - 1 BY round LOOP
-            heads := heads || ARRAY(SELECT h.r FROM gpt2.head_backward_units(qkv, z, dz, starts, u0, least(round, n_units - u0)) AS h
+            heads := heads || ARRAY(SELECT h.r FROM gpt2.head_backward_units(qkv, dz, starts, u0, least(round, n_units - u0)) AS h
                                     ORDER BY h.g);
         END LOOP;
     END IF;
@@ -210,4 +211,4 @@ BEGIN
                  GROUP BY x.s, x.j ORDER BY x.s, x.j);
 END
 $$;
-ALTER FUNCTION gpt2.mha_backward(int[], vector[], vector[], vector[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION gpt2.mha_backward(int[], vector[], vector[]) SET plan_cache_mode = force_generic_plan;

@@ -232,7 +232,7 @@ BEGIN
         PERFORM gpt2.grads_add(sg.grads);
         dx := sg.dx;
         IF layer >= 0 THEN                                         -- d loss / d qkv of `layer`
-            dy := gpt2.mha_backward(seqs, gpt2.tape_at(layer, 'qkv'), gpt2.tape_at(layer, 'z'), sg.dheads);
+            dy := gpt2.mha_backward(seqs, gpt2.tape_at(layer, 'qkv'), sg.dheads);
         END IF;
         PERFORM gpt2.progress('backward', m.n_layer - layer, m.n_layer + 1);
     END LOOP;

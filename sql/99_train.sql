@@ -176,6 +176,7 @@ BEGIN
         RETURN gpt2.lm_loss(xs, targets) / cardinality(targets);
     END IF;
     PERFORM gpt2.grads_reset();
+    PERFORM set_config('gpt2sql.grads_key', '', false);            -- (gpt2.grads_for)
     lg := gpt2.lm_backward(xs, targets, 1.0 / cardinality(targets));
     PERFORM gpt2.grads_add(ARRAY[ROW('wte.weight', lg.dwte)]::gpt2.param_grad[]);
     PERFORM gpt2.run_backward(seqs, positions, inputs, lg.dx);
@@ -193,6 +194,25 @@ BEGIN
 END
 $$;
 
+-- The gradients of texts on the current model in the table grads, computed unless they are
+-- there already: asking for one tensor after another (gpt2.gradient) pays for one backward
+-- pass. They are the same texts, model and weights when the key says so.
+CREATE OR REPLACE FUNCTION gpt2.grads_for(texts text[], m gpt2.models) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    key text := md5(concat_ws(':', m.name, m.loaded_at, m.step, texts::text));
+    e record;
+BEGIN
+    IF current_setting('gpt2sql.grads_key', true) = key AND to_regclass('pg_temp.grads') IS NOT NULL THEN
+        RETURN;
+    END IF;
+    PERFORM gpt2.prepare_backward();
+    e := gpt2.lm_examples(texts, m);
+    PERFORM gpt2.loss_and_grads(e.seqs, e.positions, e.inputs, e.targets, true);
+    PERFORM set_config('gpt2sql.grads_key', key, false);
+END
+$$;
+
 -- d loss / d tensor (a Hugging Face parameter name), in the checkpoint's layout: row i of a 2-D
 -- tensor (Conv1D weights are [in, out]), one row i = 0 of a 1-D one.
 CREATE OR REPLACE FUNCTION gpt2.gradient(texts text[], tensor text, model text DEFAULT NULL)
@@ -201,16 +221,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.use_model(model, true);
     p record;
-    e record;
 BEGIN
     SELECT * INTO p FROM gpt2.parameters() AS q WHERE q.name = gradient.tensor;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" has no parameter "%"', m.name, gradient.tensor
             USING HINT = 'names as Hugging Face names them: wte.weight, wpe.weight, ln_f.bias, h.0.attn.c_attn.weight, h.0.ln_2.weight, ...';
     END IF;
-    PERFORM gpt2.prepare_backward();
-    e := gpt2.lm_examples(texts, m);
-    PERFORM gpt2.loss_and_grads(e.seqs, e.positions, e.inputs, e.targets, true);
+    PERFORM gpt2.grads_for(texts, m);
     IF p.kind = 'conv1d_w' THEN                                    -- grads hold dW[:, o]: transpose to [in, out]
         RETURN QUERY SELECT (r.k - 1)::int, r.v::real[]::float8[]
                      FROM unnest(gpt2.transpose(ARRAY(SELECT d.g FROM grads d WHERE d.name = gradient.tensor ORDER BY d.i)))
@@ -231,14 +248,11 @@ RETURNS TABLE (name text, norm float8, top_rows jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.use_model(model, true);
-    e record;
 BEGIN
     IF top IS NULL OR top < 0 OR top > gpt2.top_limit() THEN
         RAISE EXCEPTION 'top must be between 0 and %, got %', gpt2.top_limit(), top;
     END IF;
-    PERFORM gpt2.prepare_backward();
-    e := gpt2.lm_examples(texts, m);
-    PERFORM gpt2.loss_and_grads(e.seqs, e.positions, e.inputs, e.targets, true);
+    PERFORM gpt2.grads_for(texts, m);
     RETURN QUERY
     WITH r AS (                                        -- every gradient row, its norm
         SELECT d.name, d.i, d.g, sqrt(-(d.g <#> d.g)) AS norm FROM grads d
