@@ -16,7 +16,7 @@ from psycopg import sql
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.loader import grants, pgcopy
-from gpt2sql.loader.checkpoint import Checkpoint, Tensor
+from gpt2sql.loader.checkpoint import Checkpoint, Tensor, check_fits, read_config
 
 DTYPES = {"float32": "vector", "float16": "halfvec"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -58,9 +58,11 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
     check_name(conn, name)
     if dtype not in DTYPES:
         raise Gpt2SqlError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    check_fits(read_config(Path(directory)), dtype)  # config.json alone: before the file is opened
     ckpt = Checkpoint(directory)  # reads config.json and checks it against every tensor of the file first
     h = ckpt.hparams
     _check_vocabulary(conn, Path(directory), h.n_vocab)
+    ckpt.check_values(dtype)  # NaN, infinity, overflow: refused here, not found by the COPY (or not at all)
     schema = schema_for(name)
     staging = STAGING_PREFIX + schema[len(SCHEMA_PREFIX):]
     with conn.transaction():
