@@ -25,14 +25,47 @@ def assert_one_line_error(result, *fragments):
         assert fragment in result.output, result.output
 
 
+def retyped(directory, convert):
+    """directory, after convert(array) replaced every tensor of its model.safetensors."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {name: convert(a) for name, a in load_file(directory / "model.safetensors").items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
 @pytest.mark.parametrize("variant", [{"prefix": True}, {"mask_buffers": True}, {"lm_head": True, "prefix": True},
                                      {"dtype": "float16"}])
 def test_checkpoint_variants_load_the_same_weights(conn, runner, tmp_path, variant):
-    plain = synthetic.write_checkpoint(tmp_path / "plain", **TINY, seed=3, dtype=variant.get("dtype", "float32"))
+    """A plain float32 file and one that differs in layout only hold the same weights."""
+    plain = synthetic.write_checkpoint(tmp_path / "plain", **TINY, seed=3)
     other = synthetic.write_checkpoint(tmp_path / "other", **TINY, seed=3, **variant)
+    if variant.get("dtype") == "float16":  # the plain twin: the float16 file's values, stored as float32
+        retyped(plain, lambda a: a.astype(np.float16).astype(np.float32))
+    assert (plain / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
     assert runner(["load", str(plain), "--name", "variant-a"]).exit_code == 0
     assert runner(["load", str(other), "--name", "variant-b"]).exit_code == 0
     np.testing.assert_array_equal(logits(conn, "variant-a"), logits(conn, "variant-b"))
+
+
+def test_float64_checkpoint_loads_its_float32_twins_weights(conn, runner, tmp_path):
+    """float64 values are rounded to the nearest float32: each value here is its float32 twin's
+    moved by 2^-30 of itself, up or down (round-to-nearest gives the twin back; truncation would not)."""
+    twin = synthetic.write_checkpoint(tmp_path / "float32", **TINY, seed=16)
+    signs = np.random.default_rng(16)
+
+    def off_the_float32_grid(a):
+        nudge = signs.choice([-1.0, 1.0], size=a.shape) * 2.0**-30
+        wide = a.astype(np.float64) * (1 + nudge)
+        assert (wide.astype(np.float32) == a).all() and (wide != a).mean() > 0.99
+        return wide
+
+    wide = retyped(synthetic.write_checkpoint(tmp_path / "float64", **TINY, seed=16), off_the_float32_grid)
+    assert runner(["load", str(twin), "--name", "twin-32"]).exit_code == 0
+    assert runner(["load", str(wide), "--name", "twin-64"]).exit_code == 0
+    np.testing.assert_array_equal(logits(conn, "twin-64"), logits(conn, "twin-32"))
+    runner(["drop", "twin-32"])
+    runner(["drop", "twin-64"])
 
 
 def test_reload_replaces_and_failed_load_keeps_previous(conn, runner, tmp_path):
