@@ -13,7 +13,12 @@ def _default_name(source: str) -> str:
 
     from gpt2sql.loader.hub import looks_like_local
 
-    return Path(source).resolve().name if looks_like_local(source) else source.rstrip("/").split("/")[-1]
+    if not looks_like_local(source):
+        return source.rstrip("/").split("/")[-1]
+    path = Path(source).expanduser()
+    # resolve(): '.' and links get their directory's name; a looping link cannot be resolved
+    # (resolve_checkpoint says so next)
+    return (path.resolve() if path.exists() else path.absolute()).name
 
 
 def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> str:
