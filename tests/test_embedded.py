@@ -197,3 +197,39 @@ def test_the_wheels_error_output_becomes_our_one_line(capsys):
             "stderr:\ninitdb: error: could not create directory: No space left on device\n---")
     assert errors == ["initdb: error: could not create directory: No space left on device"]
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_db_status_and_url_leave_a_stopped_server_stopped(tmp_path):
+    """README: `db status` and `db url` only read. They used to start a stopped server (and
+    create a missing one), then report it running."""
+    pgdata = tmp_path / "pgdata"
+    env = dict(os.environ, GPT2SQL_DATA=str(pgdata))
+
+    def gpt2sql(*args):
+        return subprocess.run([gpt2sql_exe(), *args], env=env, capture_output=True, text=True, timeout=300)
+
+    status = gpt2sql("db", "status")
+    assert (status.returncode, status.stderr) == (0, ""), status.stderr
+    assert status.stdout.splitlines() == [f"server:     embedded, data in {pgdata}",
+                                          "state:      not created yet (the first command that uses the database creates it)"]
+    assert not pgdata.exists()
+    try:
+        assert gpt2sql("tokenize", "hello").stdout.strip() == HELLO  # creates and starts it
+        running = gpt2sql("db", "status")
+        assert running.returncode == 0 and "postgresql: " in running.stdout, running.stderr
+        assert gpt2sql("db", "stop").stdout == "stopped the embedded server\n"
+        for _ in range(2):  # the second time finds it stopped too
+            status = gpt2sql("db", "status")
+            assert (status.returncode, status.stderr) == (0, ""), status.stderr
+            assert status.stdout.splitlines() == [
+                f"server:     embedded, data in {pgdata}",
+                "state:      stopped (db status does not start it; the next command that uses the database does)"]
+            assert not embedded.running(pgdata)
+        url = gpt2sql("db", "url")
+        assert (url.returncode, url.stdout) == (1, "")
+        assert url.stderr == (f"error: the embedded server (data in {pgdata}) is not running: db url does not start "
+                              "it; the next command that uses the database does, e.g. gpt2sql psql\n")
+        assert not embedded.running(pgdata)
+    finally:
+        embedded.stop(pgdata)
