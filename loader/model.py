@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -137,8 +138,27 @@ def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, dtype: str) -> 
     for table, columns, fields in batches:
         statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             sql.Identifier(schema), sql.Identifier(table), sql.SQL(columns))
-        with conn.cursor().copy(statement) as copy:
+        with _quiet_copy_cleanup(), conn.cursor().copy(statement) as copy:
             copy.write(pgcopy.HEADER + pgcopy.rows(fields) + pgcopy.TRAILER)
+
+
+@contextmanager
+def _quiet_copy_cleanup():
+    """When a COPY fails (e.g. its server process died), psycopg's attempt to end it fails too,
+    and it logs that second failure ('error ignored terminating <psycopg.Copy [BAD]>') above
+    the first one, which propagates and is reported: a line that only repeats it."""
+    import logging
+
+    log = logging.getLogger("psycopg")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 def _load_tokenizer_files(conn, directory: Path) -> None:

@@ -268,3 +268,37 @@ def test_concurrent_loads_of_names_sharing_a_schema(dsn, conn, tmp_path):
     finally:
         conn.execute("SELECT 1")
         loader.drop_model(conn, "a.b")
+
+
+@pytest.mark.slow
+def test_a_load_whose_server_process_dies_is_one_line(dsn, conn, tmp_path):
+    """The backend ends in the middle of a COPY (pg_terminate_backend: what kill -9 does to the
+    client's side, without a crash restart of the shared test server). psycopg's own
+    'error ignored terminating <psycopg.Copy [BAD]>' used to come before our line."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("gpt2sql")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}")
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **synthetic.CONFIGS["wide"], seed=17)
+    load = subprocess.Popen([exe, "--dsn", dsn, "load", str(directory), "--name", "killed"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = None
+        while pid is None and load.poll() is None:
+            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY \"model~killed\".%%' "
+                               "AND state = 'active'").fetchone()
+            pid = row and row[0]
+            time.sleep(0.01)
+        assert pid is not None, "the load ended before one of its COPYs was seen"
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        out, err = load.communicate(timeout=120)
+    finally:
+        load.kill()
+    assert load.returncode == 1 and out == "", err
+    lines = err.splitlines()  # the progress bar's label, if the bar had begun (stderr is no terminal)
+    assert lines[-1].startswith("error: ") and lines[:-1] in ([], ["loading killed (float32)"]), err
+    assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'killed'").fetchone()[0] == 0
