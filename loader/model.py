@@ -54,8 +54,11 @@ def _lock_schema(conn, schema: str) -> None:
 
 
 def load_model(conn, directory: Path, name: str, dtype: str = "float32", source: str | None = None,
-               progress: Callable[[int], None] | None = None) -> None:
-    """Load the checkpoint in `directory` as model `name` (replacing one of that name)."""
+               progress: Callable[[int], None] | None = None, started: Callable[[str], None] | None = None) -> None:
+    """Load the checkpoint in `directory` as model `name` (replacing one of that name).
+
+    started, when given, is called with the id of the load's transaction once it holds the
+    lock: after an interruption, load_committed() tells from it whether the load took place."""
     check_name(conn, name)
     if dtype not in DTYPES:
         raise Gpt2SqlError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
@@ -68,6 +71,9 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
     staging = STAGING_PREFIX + schema[len(SCHEMA_PREFIX):]
     with conn.transaction():
         _lock_schema(conn, schema)
+        if started:
+            # txid_*: PostgreSQL 10 and later (pg_current_xact_id and pg_xact_status: 13)
+            started(conn.execute("SELECT txid_current()::text").fetchone()[0])
         # after the lock: a concurrent load of a clashing name has committed by now
         clash = conn.execute("SELECT name FROM gpt2.models WHERE schema_name = %s AND name <> %s",
                              (schema, name)).fetchone()
@@ -93,6 +99,24 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
              h.layer_norm_epsilon, dtype, source or str(directory)),
         )
         _load_tokenizer_files(conn, Path(directory))
+
+
+def load_committed(conn, xid: str | None, wait: float = 30) -> bool | None:
+    """Whether the load of transaction xid (load_model's `started`) committed: True, False
+    (rolled back, or never began: xid None), or None while it is still in progress after
+    `wait` seconds (its connection closed, the server ends it within a second or two)."""
+    import time
+
+    if xid is None:
+        return False
+    deadline = time.monotonic() + wait
+    while True:
+        status = conn.execute("SELECT txid_status(%s::bigint)", (xid,)).fetchone()[0]
+        if status != "in progress":
+            return status == "committed"
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
 
 
 def _check_vocabulary(conn, directory: Path, n_vocab: int) -> None:

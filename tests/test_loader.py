@@ -302,3 +302,106 @@ def test_a_load_whose_server_process_dies_is_one_line(dsn, conn, tmp_path):
     lines = err.splitlines()  # the progress bar's label, if the bar had begun (stderr is no terminal)
     assert lines[-1].startswith("error: ") and lines[:-1] in ([], ["loading killed (float32)"]), err
     assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'killed'").fetchone()[0] == 0
+
+
+# --- Ctrl-C during a load: the message says whether the model was loaded ---------------------
+
+def interrupted(runner, directory, name):
+    """`gpt2sql load` interrupted: (exit status, its last line on stderr)."""
+    result = runner(["load", str(directory), "--name", name])
+    return result.exit_code, result.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_after_the_commit_says_the_model_was_loaded(conn, runner, tmp_path, monkeypatch):
+    """The server committed, then Ctrl-C reached the client: it used to say just 'interrupted'."""
+    from gpt2sql.loader import model as loader
+
+    real = loader.load_model
+
+    def committed_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loader, "load_model", committed_then_interrupted)
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=18)
+    assert interrupted(runner, directory, "ctrl-c") == (130, "interrupted: model ctrl-c was loaded")
+    assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'ctrl-c'").fetchone()[0] == 1
+    runner(["drop", "ctrl-c"])
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_ctrl_c_during_the_copies_says_nothing_was_loaded(conn, runner, tmp_path, monkeypatch, previous):
+    from gpt2sql.loader import model as loader
+
+    if previous:
+        assert runner(["load", str(synthetic.write_checkpoint(tmp_path / "old", **TINY, seed=19)), "--name", "ctrl-c"]).exit_code == 0
+        before = logits(conn, "ctrl-c")
+    real = loader.load_model
+
+    def interrupted_midway(*args, progress=None, **kwargs):
+        def stop(done):
+            raise KeyboardInterrupt
+
+        real(*args, progress=stop, **kwargs)
+
+    monkeypatch.setattr(loader, "load_model", interrupted_midway)
+    directory = synthetic.write_checkpoint(tmp_path / "new", **TINY, seed=20)
+    if previous:
+        assert interrupted(runner, directory, "ctrl-c") == (130, "interrupted: nothing was loaded (the previous ctrl-c is unchanged)")
+        np.testing.assert_array_equal(logits(conn, "ctrl-c"), before)
+        runner(["drop", "ctrl-c"])
+    else:
+        assert interrupted(runner, directory, "ctrl-c") == (130, "interrupted: nothing was loaded")
+        assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'ctrl-c'").fetchone()[0] == 0
+
+
+@pytest.fixture
+def slow_commit(conn):
+    """A deferred trigger that makes the COMMIT of model 'ctrl-c-commit' sleep (60 s at most),
+    cancellable or not: (SQL to make the cancel end the COMMIT or not)."""
+    def install(cancel_aborts: bool):
+        sleep = "PERFORM pg_sleep(60);" if cancel_aborts else \
+                "BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END;"  # the commit goes on
+        conn.execute(f"""CREATE OR REPLACE FUNCTION public.gpt2sql_test_slow_commit() RETURNS trigger
+                         LANGUAGE plpgsql AS $$ BEGIN IF NEW.name = 'ctrl-c-commit' THEN {sleep} END IF;
+                         RETURN NULL; END $$""")
+        conn.execute("CREATE CONSTRAINT TRIGGER gpt2sql_test_slow_commit AFTER INSERT ON gpt2.models "
+                     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.gpt2sql_test_slow_commit()")
+
+    yield install
+    conn.execute("DROP TRIGGER IF EXISTS gpt2sql_test_slow_commit ON gpt2.models")
+    conn.execute("DROP FUNCTION IF EXISTS public.gpt2sql_test_slow_commit()")
+    conn.execute("DELETE FROM gpt2.models WHERE name = 'ctrl-c-commit'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cancel_aborts", [False, True])
+def test_sigint_during_the_commit_says_what_happened(dsn, conn, tmp_path, slow_commit, cancel_aborts):
+    """SIGINT to a real `gpt2sql load` while its COMMIT runs (held there by a deferred trigger):
+    the Ctrl-C cancels the COMMIT, or comes too late to (the trigger ignores the cancel)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("gpt2sql")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}")
+    slow_commit(cancel_aborts)
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=27)
+    load = subprocess.Popen([exe, "--dsn", dsn, "load", str(directory), "--name", "ctrl-c-commit", "--dtype", "float16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while load.poll() is None and not conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE query = 'COMMIT' AND wait_event = 'PgSleep'").fetchone():
+            time.sleep(0.05)
+        load.send_signal(signal.SIGINT)
+        out, err = load.communicate(timeout=120)
+    finally:
+        load.kill()
+    loaded = conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'ctrl-c-commit'").fetchone()[0] == 1
+    assert loaded is not cancel_aborts
+    assert load.returncode == 130, err
+    assert err.splitlines()[-1] == ("interrupted: nothing was loaded" if cancel_aborts
+                                    else "interrupted: model ctrl-c-commit was loaded"), err
