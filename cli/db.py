@@ -68,6 +68,14 @@ def check_dsn(dsn: str | None) -> None:
         raise Gpt2SqlError("--dsn / GPT2SQL_DSN is not valid UTF-8") from None
     if "\0" in dsn:
         raise Gpt2SqlError("--dsn / GPT2SQL_DSN contains a NUL character")
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:  # libpq's own parser: its message alone would not say which setting it is about
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        why = (str(e).strip().splitlines() or ["cannot be parsed"])[0]
+        raise Gpt2SqlError(f"--dsn / GPT2SQL_DSN is not a connection string libpq takes: {why}") from None
 
 
 class EmbeddedNotRunning(Gpt2SqlError):

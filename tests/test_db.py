@@ -190,7 +190,8 @@ def test_libpq_variables_are_honoured(dsn, conn, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("bad, contains", [
     ("postgresql://nobody:pw@127.0.0.1:1/none?connect_timeout=3", "cannot connect to PostgreSQL (postgresql://nobody:***@"),
-    ("this is not a dsn", ""),
+    # it used to be libpq's words alone, not saying which setting they were about
+    ("this is not a dsn", 'error: --dsn / GPT2SQL_DSN is not a connection string libpq takes: missing "=" after "this"'),
 ])
 def test_bad_dsn_is_one_line(bad, contains):
     result = invoke(["--dsn", bad, "db", "status"])
