@@ -68,29 +68,47 @@ def check_dsn(dsn: str | None) -> None:
         raise Gpt2SqlError("--dsn / GPT2SQL_DSN is not valid UTF-8") from None
     if "\0" in dsn:
         raise Gpt2SqlError("--dsn / GPT2SQL_DSN contains a NUL character")
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:  # libpq's own parser: its message alone would not say which setting it is about
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        why = (str(e).strip().splitlines() or ["cannot be parsed"])[0]
+        raise Gpt2SqlError(f"--dsn / GPT2SQL_DSN is not a connection string libpq takes: {why}") from None
 
 
-def resolve_dsn(dsn: str | None) -> str:
-    """The connection string to use: the given one, libpq's environment, or the embedded server."""
+class EmbeddedNotRunning(Gpt2SqlError):
+    """The embedded server is stopped (or was never created), and the caller may not start it."""
+
+
+def resolve_dsn(dsn: str | None, *, start: bool = True) -> str:
+    """The connection string to use: the given one, libpq's environment, or the embedded
+    server (started if it is not running; with start=False, EmbeddedNotRunning instead)."""
     check_dsn(dsn)
     if not uses_embedded(dsn):
         return dsn or ""
     from gpt2sql import embedded
 
-    return embedded.uri()
+    if start:
+        return embedded.uri()
+    uri = embedded.running_uri()
+    if uri is None:
+        raise EmbeddedNotRunning(f"the embedded server (data in {embedded.data_dir()}) is not running")
+    return uri
 
 
-def connect(dsn: str | None = None, *, prepare: bool = True):
+def connect(dsn: str | None = None, *, prepare: bool = True, start: bool = True):
     """An autocommit psycopg connection.
 
     prepare=True (commands that tokenize, load or generate) creates pgvector and the
     `gpt2` schema, or upgrades the schema, and loads the bundled tokenizer on first use.
     prepare=False (commands that only read, like `db url` and `db status`) writes nothing
-    to the database; the embedded server is still started if it is not running.
+    to the database. start=False leaves a stopped embedded server stopped (EmbeddedNotRunning).
     """
     import psycopg
 
-    conninfo = resolve_dsn(dsn)
+    conninfo = resolve_dsn(dsn, start=start)
     try:
         conn = psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as e:

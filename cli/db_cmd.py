@@ -1,7 +1,8 @@
 """`gpt2sql db status | url | stop`: the server behind the commands.
 
 `db url` and `db status` only read: they connect with prepare=False, so they create no
-extension or schema and load nothing, and work with a read-only role or on a standby.
+extension or schema and load nothing, and work with a read-only role or on a standby; and
+with start=False, so a stopped embedded server stays stopped.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ def db_group() -> None:
 
 
 def read_only_connection(ctx: click.Context):
-    """A connection that writes nothing to the database (closed when the command ends)."""
+    """A connection that writes nothing to the database and starts no server (closed when
+    the command ends)."""
     root = ctx.find_root()
-    return ctx.with_resource(db.connect(root.obj["dsn"], prepare=False))
+    return ctx.with_resource(db.connect(root.obj["dsn"], prepare=False, start=False))
 
 
 @db_group.command("url")
@@ -27,16 +29,32 @@ def read_only_connection(ctx: click.Context):
 @click.pass_context
 def url_cmd(ctx: click.Context, show_password: bool) -> None:
     """Print a postgresql:// URL that psql accepts: psql "$(gpt2sql db url)"."""
-    click.echo(db.url(read_only_connection(ctx), show_password=show_password))
+    try:
+        conn = read_only_connection(ctx)
+    except db.EmbeddedNotRunning as e:
+        raise db.EmbeddedNotRunning(f"{e}: db url does not start it; the next command that uses the database "
+                                    "does, e.g. gpt2sql psql") from None
+    click.echo(db.url(conn, show_password=show_password))
 
 
 @db_group.command("status")
 @click.pass_context
 def status_cmd(ctx: click.Context) -> None:
-    """Show the server, its versions and the loaded models."""
+    """Show the server, its versions and the loaded models (a stopped embedded server stays stopped)."""
     from gpt2sql import embedded
 
-    conn = read_only_connection(ctx)
+    try:
+        conn = read_only_connection(ctx)
+    except db.EmbeddedNotRunning:
+        pgdata = embedded.data_dir()
+        click.echo(f"server:     embedded, data in {pgdata}")
+        if not (pgdata / "PG_VERSION").exists():
+            click.echo("state:      not created yet (the first command that uses the database creates it)")
+        elif embedded.running(pgdata):
+            click.echo("state:      starting")
+        else:
+            click.echo("state:      stopped (db status does not start it; the next command that uses the database does)")
+        return
     version, vector, schema = conn.execute(
         "SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension WHERE extname = 'vector'),"
         " to_regclass('gpt2.models') IS NOT NULL"

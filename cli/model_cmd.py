@@ -13,7 +13,12 @@ def _default_name(source: str) -> str:
 
     from gpt2sql.loader.hub import looks_like_local
 
-    return Path(source).resolve().name if looks_like_local(source) else source.rstrip("/").split("/")[-1]
+    if not looks_like_local(source):
+        return source.rstrip("/").split("/")[-1]
+    path = Path(source).expanduser()
+    # resolve(): '.' and links get their directory's name; a looping link cannot be resolved
+    # (resolve_checkpoint says so next)
+    return (path.resolve() if path.exists() else path.absolute()).name
 
 
 def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> str:
@@ -29,16 +34,45 @@ def load_into(ctx: click.Context, source: str, name: str | None, dtype: str) -> 
     name = _default_name(source) if name is None else name  # --name "" is an error, not a default
     bar = click.progressbar(length=nbytes(read_config(directory)), label=f"loading {name} ({dtype})",
                             file=sys.stderr, show_eta=True, show_percent=True)
-    shown = []
-    with contextlib.ExitStack() as stack:
+    shown, xid = [], []
+    conn = connection(ctx)
+    try:
+        with contextlib.ExitStack() as stack:
 
-        def progress(done: int) -> None:  # the bar appears with the first tensor: checks fail before it
-            if not shown:
-                shown.append(stack.enter_context(bar))
-            bar.update(done)
+            def progress(done: int) -> None:  # the bar appears with the first tensor: checks fail before it
+                if not shown:
+                    shown.append(stack.enter_context(bar))
+                bar.update(done)
 
-        load_model(connection(ctx), directory, name, dtype, source=source, progress=progress)
+            load_model(conn, directory, name, dtype, source=source, progress=progress, started=xid.append)
+    except KeyboardInterrupt:
+        # Ctrl-C may come while the COMMIT runs: the model may be loaded or not, so find out
+        click.echo(f"\ninterrupted: {_interrupted_load(ctx, conn, name, xid[0] if xid else None)}", err=True)
+        ctx.exit(130)
     return name
+
+
+def _interrupted_load(ctx: click.Context, conn, name: str, xid: str | None) -> str:
+    """What an interrupted load left behind, asked on a fresh connection."""
+    import psycopg
+
+    from gpt2sql import db
+    from gpt2sql.errors import Gpt2SqlError
+    from gpt2sql.loader.model import load_committed
+
+    conn.close()  # so that the server ends the load's transaction, if it is still open
+    try:
+        with db.connect(ctx.find_root().obj["dsn"], prepare=False) as fresh:
+            committed = load_committed(fresh, xid)
+            previous = fresh.execute("SELECT 1 FROM gpt2.models WHERE name = %s", (name,)).fetchone()
+    except (Gpt2SqlError, psycopg.Error) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"whether model {name} was loaded is unknown ({why}): gpt2sql models shows it"
+    if committed is None:
+        return f"the load of {name} is still ending: gpt2sql models will show whether it was loaded"
+    if committed:
+        return f"model {name} was loaded"
+    return f"nothing was loaded (the previous {name} is unchanged)" if previous else "nothing was loaded"
 
 
 @click.command("load")

@@ -26,6 +26,7 @@ class HParams:
     n_positions: int
     n_vocab: int
     layer_norm_epsilon: float
+    tie_word_embeddings: bool = True  # False: the file must hold an lm_head.weight (equal to wte: Checkpoint)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,35 @@ def _whole(cfg: dict, key: str, path: Path, default=None) -> int:
     return value
 
 
+# transformers' names for GPT-2's tanh GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the
+# same function written differently (sql/60_mlp.sql gpt2.gelu). The exact (erf) "gelu", "quick_gelu",
+# "relu" and the rest compute something else.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate")
+
+# Flags of transformers' GPT2Config that change the forward pass, and the value gpt2sql computes
+# (sql/ implements standard GPT-2 only): any other value is refused, not ignored.
+# reorder_and_upcast_attn is accepted: it scales the keys before the product instead of the
+# product, and computes it in float32 (mixed-precision training): the same math, and gpt2sql
+# computes attention in float32/float64 anyway.
+MATH_FLAGS = {
+    "scale_attn_weights": (True, "attention scores not divided by sqrt(d_head)"),
+    "scale_attn_by_inverse_layer_idx": (False, "attention scores also divided by the layer number"),
+    "add_cross_attention": (False, "cross-attention blocks over an encoder's output"),
+}
+
+
+def _check_math_flags(cfg: dict, path: Path) -> None:
+    for key, (wanted, meaning) in MATH_FLAGS.items():
+        value = cfg.get(key, wanted)
+        if not isinstance(value, bool):  # "false" would be true to Python
+            raise Gpt2SqlError(f"{path}: {key} must be true or false, not {value!r}")
+        if value != wanted:
+            raise Gpt2SqlError(f"{path}: {key} is {json.dumps(value)} ({meaning}): gpt2sql computes only "
+                               f"standard GPT-2, where it is {json.dumps(wanted)}")
+    if not isinstance(cfg.get("tie_word_embeddings", True), bool):
+        raise Gpt2SqlError(f"{path}: tie_word_embeddings must be true or false, not {cfg['tie_word_embeddings']!r}")
+
+
 def read_config(directory: Path) -> HParams:
     """The hyperparameters from config.json; a one-line error when it is not GPT-2.
 
@@ -107,8 +137,9 @@ def read_config(directory: Path) -> HParams:
     if cfg.get("model_type") != "gpt2":
         raise Gpt2SqlError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'gpt2': only GPT-2 checkpoints can be loaded")
     activation = cfg.get("activation_function", "gelu_new")
-    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+    if activation not in TANH_GELUS:
         raise Gpt2SqlError(f"{path}: activation_function {activation!r} is not GPT-2's tanh GELU (gelu_new)")
+    _check_math_flags(cfg, path)
     eps = cfg.get("layer_norm_epsilon", 1e-5)
     # subtle: json reads NaN and Infinity; layer norm divides by sqrt(var + eps)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
@@ -118,13 +149,44 @@ def read_config(directory: Path) -> HParams:
         n_layer=_whole(cfg, "n_layer", path), n_head=_whole(cfg, "n_head", path), n_embd=n_embd,
         n_inner=_whole(cfg, "n_inner", path, default=4 * n_embd), n_positions=_whole(cfg, "n_positions", path),
         n_vocab=_whole(cfg, "vocab_size", path), layer_norm_epsilon=float(eps),
+        tie_word_embeddings=cfg.get("tie_word_embeddings", True),
     )
     if h.n_embd % h.n_head:
         raise Gpt2SqlError(f"{path}: n_embd {h.n_embd} does not split into n_head {h.n_head} heads")
     return h
 
 
+# The widest vectors gpt2sql can store and compute with (found by loading and running 1-layer
+# models; tests/test_checkpoint.py checks each edge):
+# - a weight row (wte, wpe, a Conv1D input chunk) is STORAGE PLAIN and must fit one 8 kB page:
+#   gpt2.chunk_dims cuts Conv1D inputs at 2000 float32 / 4000 float16 numbers. wte and wpe rows
+#   are n_embd wide and not cut (float32: 2024 still fits the page, 2032 does not), and mlp.c_fc's
+#   GELU is applied per chunk (sql/40_linear.sql), so n_embd must fit one chunk: 2024 in float32
+#   loads and computes wrong logits.
+# - pgvector holds at most 16,000 dimensions: the MLP's hidden vector (n_inner), and the KV
+#   cache's transposed values, one vector over all positions per head (n_positions).
+ROW_FLOATS = {"float32": 2000, "float16": 4000}  # = gpt2.chunk_dims' widths (sql/20_model_tables.sql)
+MAX_DIMS = 16000
+
+
+def check_fits(h: HParams, dtype: str) -> None:
+    """A one-line error when a model of these widths cannot be stored in `dtype` or computed."""
+    if h.n_embd > ROW_FLOATS[dtype]:
+        wider = [d for d, n in ROW_FLOATS.items() if n >= h.n_embd]
+        way_out = f"load it with --dtype {wider[0]}" if wider else "no dtype holds it: this model cannot be loaded"
+        raise Gpt2SqlError(f"n_embd {h.n_embd} is wider than a {dtype} row can hold ({ROW_FLOATS[dtype]}): {way_out}")
+    if h.n_inner > MAX_DIMS:
+        raise Gpt2SqlError(f"n_inner {h.n_inner} is wider than a pgvector vector can be ({MAX_DIMS} dimensions): "
+                           "the MLP's hidden layer cannot be computed, this model cannot be loaded")
+    if h.n_positions > MAX_DIMS:
+        raise Gpt2SqlError(f"n_positions {h.n_positions} is more than the KV cache can hold ({MAX_DIMS}, pgvector's "
+                           "most dimensions: one vector over all positions per head): this model cannot be loaded")
+
+
 READABLE_DTYPES = ("F32", "F16", "F64")
+# the largest finite magnitude of what the values become in the database: pgvector's vector and
+# PostgreSQL's real are float32, halfvec is float16
+LARGEST = {"float32": 3.4028234663852886e38, "float16": 65504.0}
 
 
 class Checkpoint:
@@ -148,6 +210,7 @@ class Checkpoint:
         self.tensors = tensors(self.hparams)
         self._check(names)
         self._check_nothing_else(names)
+        self._check_lm_head(names)
 
     def _check_layers(self, names: set[str]) -> None:
         """config.json's n_layer against the blocks the file holds (h.0., h.1., ...)."""
@@ -183,8 +246,45 @@ class Checkpoint:
             raise Gpt2SqlError(f"model.safetensors has {len(extra)} tensors that config.json does not account for "
                                f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): not a GPT-2 of this config")
 
+    def _check_lm_head(self, names: set[str]) -> None:
+        """gpt2sql computes the logits with wte (tied, as GPT-2's): a checkpoint's own LM head must
+        equal it, or be absent with tie_word_embeddings true (transformers then ties it)."""
+        import numpy as np
+
+        if "lm_head.weight" not in names:
+            if not self.hparams.tie_word_embeddings:
+                raise Gpt2SqlError("config.json has tie_word_embeddings false, but model.safetensors has no "
+                                   "lm_head.weight: the model's LM head is missing")
+            return
+        head = self._file.get_tensor("lm_head.weight")
+        if not np.array_equal(head, self._file.get_tensor(self._prefix + "wte.weight")):
+            raise Gpt2SqlError("lm_head.weight differs from wte.weight: gpt2sql computes the logits with wte "
+                               "(GPT-2's tied LM head) and cannot use a separate one")
+
+    def check_values(self, dtype: str) -> None:
+        """A one-line error, naming the tensor, for NaN or infinity anywhere, or a value that the
+        database type it goes into cannot hold (checked before anything is written)."""
+        import numpy as np
+
+        for t in self.tensors:
+            # weights of wte, wpe and Conv1D go into `dtype`; layer norms and biases into float32
+            for name, into in [(t.name, dtype if t.table != "ln" else "float32")] + ([(t.bias, "float32")] if t.bias else []):
+                full = self._prefix + name
+                a = self._file.get_tensor(full)
+                top, bottom = a.max(), a.min()  # NaN wins both; one pass each, no temporary array
+                if not (np.isfinite(top) and np.isfinite(bottom)):
+                    what = "NaN" if np.isnan(top) or np.isnan(bottom) else "an infinite value"
+                    raise Gpt2SqlError(f"tensor {full!r} holds {what}: a model with NaN or infinite weights "
+                                       "cannot compute; nothing was loaded")
+                big = max(float(top), -float(bottom))
+                if big > LARGEST[into]:
+                    way_out = ("load it with --dtype float32" if big <= LARGEST["float32"]
+                               else "it cannot be loaded")
+                    raise Gpt2SqlError(f"tensor {full!r} holds {big:.3g}, beyond {into}'s range "
+                                       f"(+-{LARGEST[into]:.5g}): {way_out}")
+
     def get(self, name: str):
-        """A tensor as a float32 NumPy array."""
+        """A tensor as a float32 NumPy array (check_values() has made sure it fits)."""
         import numpy as np
 
         return np.asarray(self._file.get_tensor(self._prefix + name), dtype=np.float32)

@@ -9,7 +9,9 @@ the loader reads are fetched, never the repo's PyTorch/TF/Flax duplicates.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from pathlib import Path
 
@@ -26,7 +28,7 @@ _REPO_ID = re.compile(r"(?:[\w][\w.-]{0,95}/)?[\w][\w.-]{0,95}")
 def looks_like_local(source: str) -> bool:
     """True when SOURCE names a path rather than a Hub repo id ('./gpt2', '/ckpt', '~/m', 'a/b/c')."""
     return (
-        Path(source).expanduser().exists()
+        os.path.lexists(Path(source).expanduser())  # a link too, even broken or looping
         or source.startswith((".", "/", "~", "\\"))
         or "\\" in source
         or _REPO_ID.fullmatch(source) is None
@@ -43,17 +45,44 @@ def resolve_checkpoint(source: str, *, progress=None) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         return _checked(path, source)
+    if path.is_symlink() and not path.exists():
+        raise Gpt2SqlError(f"{source} {_broken_link(path)}: give a checkpoint directory")
     if looks_like_local(source):
         what = "is a file, not a directory" if path.exists() else "does not exist"
         raise Gpt2SqlError(f"{source} {what}: give a checkpoint directory (config.json + model.safetensors) or a Hugging Face model name such as gpt2")
     return _checked(_download(source, progress), source, hub=True)
 
 
+def _broken_link(path: Path) -> str:
+    """What is wrong with a symbolic link that leads to nothing."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop so
+        return "is a symbolic link that loops back on itself"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops back on itself"
+    return f"is a broken symbolic link (to {os.readlink(path)})"
+
+
+# The Hub's own repositories for the short names it redirects
+CANONICAL = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+CANONICAL["distilgpt2"] = "distilbert/distilgpt2"
+
+
+def local_way(repo_id: str) -> str:
+    """How to load repo_id without this machine reaching the Hub: what to fetch, from where."""
+    repo = CANONICAL.get(repo_id, repo_id)
+    return ("load a local checkpoint directory instead: gpt2sql load DIR, where DIR holds config.json and "
+            f"model.safetensors from https://huggingface.co/{repo} (download them elsewhere, e.g. hf download {repo} "
+            "config.json model.safetensors --local-dir DIR, and copy DIR here)")
+
+
 def _download(repo_id: str, progress) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    local = "load a local checkpoint directory instead: gpt2sql load ./dir"
+    local = local_way(repo_id)
     if progress is not None:
         progress(f"fetching {repo_id} from the Hugging Face Hub (cache: {constants.HF_HUB_CACHE})")
     try:

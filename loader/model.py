@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ from psycopg import sql
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.loader import grants, pgcopy
-from gpt2sql.loader.checkpoint import Checkpoint, Tensor
+from gpt2sql.loader.checkpoint import Checkpoint, Tensor, check_fits, read_config
 
 DTYPES = {"float32": "vector", "float16": "halfvec"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -53,18 +54,26 @@ def _lock_schema(conn, schema: str) -> None:
 
 
 def load_model(conn, directory: Path, name: str, dtype: str = "float32", source: str | None = None,
-               progress: Callable[[int], None] | None = None) -> None:
-    """Load the checkpoint in `directory` as model `name` (replacing one of that name)."""
+               progress: Callable[[int], None] | None = None, started: Callable[[str], None] | None = None) -> None:
+    """Load the checkpoint in `directory` as model `name` (replacing one of that name).
+
+    started, when given, is called with the id of the load's transaction once it holds the
+    lock: after an interruption, load_committed() tells from it whether the load took place."""
     check_name(conn, name)
     if dtype not in DTYPES:
         raise Gpt2SqlError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    check_fits(read_config(Path(directory)), dtype)  # config.json alone: before the file is opened
     ckpt = Checkpoint(directory)  # reads config.json and checks it against every tensor of the file first
     h = ckpt.hparams
     _check_vocabulary(conn, Path(directory), h.n_vocab)
+    ckpt.check_values(dtype)  # NaN, infinity, overflow: refused here, not found by the COPY (or not at all)
     schema = schema_for(name)
     staging = STAGING_PREFIX + schema[len(SCHEMA_PREFIX):]
     with conn.transaction():
         _lock_schema(conn, schema)
+        if started:
+            # txid_*: PostgreSQL 10 and later (pg_current_xact_id and pg_xact_status: 13)
+            started(conn.execute("SELECT txid_current()::text").fetchone()[0])
         # after the lock: a concurrent load of a clashing name has committed by now
         clash = conn.execute("SELECT name FROM gpt2.models WHERE schema_name = %s AND name <> %s",
                              (schema, name)).fetchone()
@@ -90,6 +99,24 @@ def load_model(conn, directory: Path, name: str, dtype: str = "float32", source:
              h.layer_norm_epsilon, dtype, source or str(directory)),
         )
         _load_tokenizer_files(conn, Path(directory))
+
+
+def load_committed(conn, xid: str | None, wait: float = 30) -> bool | None:
+    """Whether the load of transaction xid (load_model's `started`) committed: True, False
+    (rolled back, or never began: xid None), or None while it is still in progress after
+    `wait` seconds (its connection closed, the server ends it within a second or two)."""
+    import time
+
+    if xid is None:
+        return False
+    deadline = time.monotonic() + wait
+    while True:
+        status = conn.execute("SELECT txid_status(%s::bigint)", (xid,)).fetchone()[0]
+        if status != "in progress":
+            return status == "committed"
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
 
 
 def _check_vocabulary(conn, directory: Path, n_vocab: int) -> None:
@@ -135,8 +162,27 @@ def _copy_tensor(conn, schema: str, t: Tensor, ckpt: Checkpoint, dtype: str) -> 
     for table, columns, fields in batches:
         statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             sql.Identifier(schema), sql.Identifier(table), sql.SQL(columns))
-        with conn.cursor().copy(statement) as copy:
+        with _quiet_copy_cleanup(), conn.cursor().copy(statement) as copy:
             copy.write(pgcopy.HEADER + pgcopy.rows(fields) + pgcopy.TRAILER)
+
+
+@contextmanager
+def _quiet_copy_cleanup():
+    """When a COPY fails (e.g. its server process died), psycopg's attempt to end it fails too,
+    and it logs that second failure ('error ignored terminating <psycopg.Copy [BAD]>') above
+    the first one, which propagates and is reported: a line that only repeats it."""
+    import logging
+
+    log = logging.getLogger("psycopg")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 def _load_tokenizer_files(conn, directory: Path) -> None:

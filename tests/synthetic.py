@@ -115,14 +115,15 @@ def write_checkpoint(directory, *, n_layer, n_embd, n_head, n_positions=1024, vo
     prefix: every tensor name starts with "transformer." (as transformers saves a
     GPT2LMHeadModel). mask_buffers: add h.N.attn.bias [1, 1, n_positions, n_positions]
     causal masks and h.N.attn.masked_bias (-1e4), as older files carry. lm_head: add
-    lm_head.weight, equal to wte.weight. dtype: "float32" or "float16" storage.
+    lm_head.weight, equal to wte.weight. dtype: "float32", "float16" or "float64" storage
+    (float64: the float32 values, exactly).
     scale: multiplies the standard deviation of every Conv1D weight (1.0: see random_tensors).
     Deterministic: the same arguments give byte-identical tensors.
     """
     from safetensors.numpy import save_file
 
     assert n_embd % n_head == 0, "n_embd must split evenly into heads"
-    assert dtype in ("float32", "float16")
+    assert dtype in ("float32", "float16", "float64")
     directory = write_tokenizer_files(directory)
     cfg = config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
                  vocab_size=vocab_size, dtype=dtype)

@@ -190,7 +190,8 @@ def test_libpq_variables_are_honoured(dsn, conn, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("bad, contains", [
     ("postgresql://nobody:pw@127.0.0.1:1/none?connect_timeout=3", "cannot connect to PostgreSQL (postgresql://nobody:***@"),
-    ("this is not a dsn", ""),
+    # it used to be libpq's words alone, not saying which setting they were about
+    ("this is not a dsn", 'error: --dsn / GPT2SQL_DSN is not a connection string libpq takes: missing "=" after "this"'),
 ])
 def test_bad_dsn_is_one_line(bad, contains):
     result = invoke(["--dsn", bad, "db", "status"])
@@ -351,3 +352,40 @@ def test_a_pytest_run_never_uses_gpt2sql_dsn(tmp_path):
     assert "gpt2sql test database: embedded server" in done.stdout
     assert not reached, "the test run connected to the server in GPT2SQL_DSN / PGHOST"
     assert not user_data.exists(), "the test run used the embedded server in GPT2SQL_DATA"
+
+
+# --- gpt2sql psql: what ARGS say about the connection wins ---------------------------------
+
+@pytest.mark.parametrize("args, given", [
+    (("-XAtc", "SELECT 1"), {}),
+    (("-U", "bob", "-c", "x"), {"user": "bob"}),
+    (("-Ubob",), {"user": "bob"}),
+    (("--user=bob", "--ho", "h2"), {"user": "bob", "host": "h2"}),
+    (("-qp5433", "--port=6"), {"port": "6"}),                       # the last one wins
+    (("-c", "-U x"), {}),                                          # a value, not an option
+    (("-v", "x=1", "db2", "bob"), {"dbname": "db2", "user": "bob"}),
+    (("-d", "db2", "bob", "extra"), {"dbname": "db2", "user": "bob"}),
+    (("--", "-weird-db"), {"dbname": "-weird-db"}),
+    (("-d", "postgresql://carl@h3/db3",), {"dbname": "postgresql://carl@h3/db3", "user": "carl", "host": "h3"}),
+])
+def test_psql_connection_args(args, given):
+    from gpt2sql.psql_cmd import connection_args
+
+    assert connection_args(args) == given
+
+
+def test_psql_args_override_the_dsn(monkeypatch):
+    from gpt2sql import psql_cmd
+
+    monkeypatch.setattr(psql_cmd, "psql_path", lambda embedded: "psql")
+    dsn = "postgresql://ann:s3cret@db.example:5433/g?sslmode=require"
+    argv, env = psql_cmd.psql_command(dsn, False, ("-U", "bob"))
+    assert argv[:2] == ["psql", "-d"] and "user=" not in argv[2] and "host=db.example" in argv[2]
+    assert "PGPASSWORD" not in env or env["PGPASSWORD"] != "s3cret", "ann's password must not go to bob's login"
+    argv, env = psql_cmd.psql_command(dsn, False, ("-U", "ann", "-p", "5434"))
+    assert "port=" not in argv[2] and env["PGPASSWORD"] == "s3cret"
+    argv, env = psql_cmd.psql_command(dsn, False, ("-Atc", "SELECT 1", "db2"))  # psql's DBNAME: no -d of ours
+    assert argv == ["psql", "-Atc", "SELECT 1", "db2"]
+    assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGSSLMODE"], env["PGPASSWORD"]) == (
+        "db.example", "5433", "ann", "require", "s3cret")
+    assert env.get("PGDATABASE") != "g"

@@ -68,6 +68,36 @@ def test_first_commands_at_once_all_succeed(first_commands):
     assert not any("Traceback" in err for _, _, err in first_commands)
 
 
+# PostgreSQL's units (memory in bytes, time in ms); SHOW prints 1024MB as 1GB, so compare amounts
+UNITS = {"": 1, "B": 1, "kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
+         "us": 1e-3, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def amount(text: str) -> float:
+    """'1024MB' -> bytes, '1s' -> ms, '8kB' and 'kB' (a unit alone: one of it) -> bytes."""
+    import re
+
+    number, unit = re.fullmatch(r"\s*(-?[\d.]*)\s*([A-Za-z]*)\s*", text).groups()
+    return float(number or 1) * UNITS[unit]
+
+
+def same_setting(wanted: str, setting: str, unit: str | None) -> bool:
+    """Whether pg_settings' setting (in its unit, e.g. shared_buffers in 8kB pages) is `wanted`."""
+    return amount(setting) * amount(unit) == amount(wanted) if unit else setting == wanted
+
+
+@pytest.mark.parametrize("wanted, setting, unit, same", [
+    ("1024MB", "131072", "8kB", True),    # shared_buffers: SHOW says 1GB
+    ("1025MB", "131072", "8kB", False),
+    ("1s", "1000", "ms", True),
+    ("4GB", "4096", "MB", True),
+    ("off", "off", None, True),
+    ("minimal", "replica", None, False),
+])
+def test_settings_compare_by_amount(wanted, setting, unit, same):
+    assert same_setting(wanted, setting, unit) is same
+
+
 @pytest.mark.slow
 def test_settings_are_in_place_for_any_client(fresh, first_commands):
     """A plain connection (psql's view, no gpt2sql session settings) sees EMBEDDED_SETTINGS."""
@@ -76,8 +106,10 @@ def test_settings_are_in_place_for_any_client(fresh, first_commands):
     from gpt2sql.db import EMBEDDED_SETTINGS
 
     with psycopg.connect(embedded.uri(fresh), autocommit=True) as c:
-        shown = {name: c.execute(f"SHOW {name}").fetchone()[0] for name in EMBEDDED_SETTINGS}  # our constants
-    assert shown == EMBEDDED_SETTINGS
+        shown = {name: c.execute("SELECT setting, unit FROM pg_settings WHERE name = %s", (name,)).fetchone()
+                 for name in EMBEDDED_SETTINGS}
+    wrong = {name: shown[name] for name, value in EMBEDDED_SETTINGS.items() if not same_setting(value, *shown[name])}
+    assert not wrong, f"{wrong} (wanted {EMBEDDED_SETTINGS})"
     assert embedded.write_settings(fresh) is False  # already written
     log = (fresh / "log").read_text()
     assert "shutdown request" not in log, "the server was restarted, cutting off the other commands"
@@ -197,3 +229,39 @@ def test_the_wheels_error_output_becomes_our_one_line(capsys):
             "stderr:\ninitdb: error: could not create directory: No space left on device\n---")
     assert errors == ["initdb: error: could not create directory: No space left on device"]
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_db_status_and_url_leave_a_stopped_server_stopped(tmp_path):
+    """README: `db status` and `db url` only read. They used to start a stopped server (and
+    create a missing one), then report it running."""
+    pgdata = tmp_path / "pgdata"
+    env = dict(os.environ, GPT2SQL_DATA=str(pgdata))
+
+    def gpt2sql(*args):
+        return subprocess.run([gpt2sql_exe(), *args], env=env, capture_output=True, text=True, timeout=300)
+
+    status = gpt2sql("db", "status")
+    assert (status.returncode, status.stderr) == (0, ""), status.stderr
+    assert status.stdout.splitlines() == [f"server:     embedded, data in {pgdata}",
+                                          "state:      not created yet (the first command that uses the database creates it)"]
+    assert not pgdata.exists()
+    try:
+        assert gpt2sql("tokenize", "hello").stdout.strip() == HELLO  # creates and starts it
+        running = gpt2sql("db", "status")
+        assert running.returncode == 0 and "postgresql: " in running.stdout, running.stderr
+        assert gpt2sql("db", "stop").stdout == "stopped the embedded server\n"
+        for _ in range(2):  # the second time finds it stopped too
+            status = gpt2sql("db", "status")
+            assert (status.returncode, status.stderr) == (0, ""), status.stderr
+            assert status.stdout.splitlines() == [
+                f"server:     embedded, data in {pgdata}",
+                "state:      stopped (db status does not start it; the next command that uses the database does)"]
+            assert not embedded.running(pgdata)
+        url = gpt2sql("db", "url")
+        assert (url.returncode, url.stdout) == (1, "")
+        assert url.stderr == (f"error: the embedded server (data in {pgdata}) is not running: db url does not start "
+                              "it; the next command that uses the database does, e.g. gpt2sql psql\n")
+        assert not embedded.running(pgdata)
+    finally:
+        embedded.stop(pgdata)

@@ -99,7 +99,11 @@ def test_not_cached_offline_suggests_a_local_directory(hub_cache):
     message = one_line(e)
     assert "cannot reach the Hugging Face Hub to download 'gpt2-medium'" in message
     assert "not in the local cache" in message and "HF_HUB_OFFLINE" in message
-    assert message.endswith("load a local checkpoint directory instead: gpt2sql load ./dir")
+    # what such a directory holds, and where to get it (the message used to end at "gpt2sql load ./dir")
+    assert message.endswith("load a local checkpoint directory instead: gpt2sql load DIR, where DIR holds "
+                            "config.json and model.safetensors from https://huggingface.co/openai-community/gpt2-medium "
+                            "(download them elsewhere, e.g. hf download openai-community/gpt2-medium config.json "
+                            "model.safetensors --local-dir DIR, and copy DIR here)")
 
 
 def test_unreachable_hub_suggests_a_local_directory(hub_cache, monkeypatch):
@@ -110,7 +114,8 @@ def test_unreachable_hub_suggests_a_local_directory(hub_cache, monkeypatch):
     with pytest.raises(Gpt2SqlError) as e:
         resolve_checkpoint("gpt2")
     message = one_line(e)
-    assert "cannot reach the Hugging Face Hub to download 'gpt2'" in message and "gpt2sql load ./dir" in message
+    assert "cannot reach the Hugging Face Hub to download 'gpt2'" in message and "gpt2sql load DIR" in message
+    assert "https://huggingface.co/openai-community/gpt2 " in message
 
 
 def test_missing_repository(hub_cache, monkeypatch):
@@ -225,3 +230,29 @@ def test_environment_is_honoured_in_a_fresh_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines()[0] == str(snapshot)
     assert "Gpt2SqlError: cannot reach the Hugging Face Hub to download 'gpt2-large'" in done.stderr
+
+
+@pytest.mark.parametrize("source", ["loop", "./loop"])
+def test_a_symlink_loop_is_not_a_hub_name(hub_cache, source):
+    """`loop -> loop` used to be fetched from the Hub as the repository 'loop'."""
+    Path("loop").symlink_to("loop")
+    assert looks_like_local(source)
+    with pytest.raises(Gpt2SqlError) as e:
+        resolve_checkpoint(source)
+    assert one_line(e) == f"{source} is a symbolic link that loops back on itself: give a checkpoint directory"
+
+
+def test_a_broken_symlink_says_where_it_points(hub_cache):
+    Path("gpt2").symlink_to("/no/such/checkpoint")  # a Hub name, but a link stands there
+    assert looks_like_local("gpt2")
+    with pytest.raises(Gpt2SqlError) as e:
+        resolve_checkpoint("gpt2")
+    assert one_line(e) == "gpt2 is a broken symbolic link (to /no/such/checkpoint): give a checkpoint directory"
+
+
+@pytest.mark.parametrize("args", [[], ["--if-missing"]])
+def test_load_of_a_symlink_loop_is_one_line(runner, hub_cache, args):
+    Path("loop").symlink_to("loop")
+    result = runner(["load", "loop", *args])
+    assert result.exit_code == 1, result.output
+    assert result.output == "error: loop is a symbolic link that loops back on itself: give a checkpoint directory\n"

@@ -25,14 +25,47 @@ def assert_one_line_error(result, *fragments):
         assert fragment in result.output, result.output
 
 
+def retyped(directory, convert):
+    """directory, after convert(array) replaced every tensor of its model.safetensors."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {name: convert(a) for name, a in load_file(directory / "model.safetensors").items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
 @pytest.mark.parametrize("variant", [{"prefix": True}, {"mask_buffers": True}, {"lm_head": True, "prefix": True},
                                      {"dtype": "float16"}])
 def test_checkpoint_variants_load_the_same_weights(conn, runner, tmp_path, variant):
-    plain = synthetic.write_checkpoint(tmp_path / "plain", **TINY, seed=3, dtype=variant.get("dtype", "float32"))
+    """A plain float32 file and one that differs in layout only hold the same weights."""
+    plain = synthetic.write_checkpoint(tmp_path / "plain", **TINY, seed=3)
     other = synthetic.write_checkpoint(tmp_path / "other", **TINY, seed=3, **variant)
+    if variant.get("dtype") == "float16":  # the plain twin: the float16 file's values, stored as float32
+        retyped(plain, lambda a: a.astype(np.float16).astype(np.float32))
+    assert (plain / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
     assert runner(["load", str(plain), "--name", "variant-a"]).exit_code == 0
     assert runner(["load", str(other), "--name", "variant-b"]).exit_code == 0
     np.testing.assert_array_equal(logits(conn, "variant-a"), logits(conn, "variant-b"))
+
+
+def test_float64_checkpoint_loads_its_float32_twins_weights(conn, runner, tmp_path):
+    """float64 values are rounded to the nearest float32: each value here is its float32 twin's
+    moved by 2^-30 of itself, up or down (round-to-nearest gives the twin back; truncation would not)."""
+    twin = synthetic.write_checkpoint(tmp_path / "float32", **TINY, seed=16)
+    signs = np.random.default_rng(16)
+
+    def off_the_float32_grid(a):
+        nudge = signs.choice([-1.0, 1.0], size=a.shape) * 2.0**-30
+        wide = a.astype(np.float64) * (1 + nudge)
+        assert (wide.astype(np.float32) == a).all() and (wide != a).mean() > 0.99
+        return wide
+
+    wide = retyped(synthetic.write_checkpoint(tmp_path / "float64", **TINY, seed=16), off_the_float32_grid)
+    assert runner(["load", str(twin), "--name", "twin-32"]).exit_code == 0
+    assert runner(["load", str(wide), "--name", "twin-64"]).exit_code == 0
+    np.testing.assert_array_equal(logits(conn, "twin-64"), logits(conn, "twin-32"))
+    runner(["drop", "twin-32"])
+    runner(["drop", "twin-64"])
 
 
 def test_reload_replaces_and_failed_load_keeps_previous(conn, runner, tmp_path):
@@ -235,3 +268,140 @@ def test_concurrent_loads_of_names_sharing_a_schema(dsn, conn, tmp_path):
     finally:
         conn.execute("SELECT 1")
         loader.drop_model(conn, "a.b")
+
+
+@pytest.mark.slow
+def test_a_load_whose_server_process_dies_is_one_line(dsn, conn, tmp_path):
+    """The backend ends in the middle of a COPY (pg_terminate_backend: what kill -9 does to the
+    client's side, without a crash restart of the shared test server). psycopg's own
+    'error ignored terminating <psycopg.Copy [BAD]>' used to come before our line."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("gpt2sql")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}")
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **synthetic.CONFIGS["wide"], seed=17)
+    load = subprocess.Popen([exe, "--dsn", dsn, "load", str(directory), "--name", "killed"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = None
+        while pid is None and load.poll() is None:
+            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY \"model~killed\".%%' "
+                               "AND state = 'active'").fetchone()
+            pid = row and row[0]
+            time.sleep(0.01)
+        assert pid is not None, "the load ended before one of its COPYs was seen"
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        out, err = load.communicate(timeout=120)
+    finally:
+        load.kill()
+    assert load.returncode == 1 and out == "", err
+    lines = err.splitlines()  # the progress bar's label, if the bar had begun (stderr is no terminal)
+    assert lines[-1].startswith("error: ") and lines[:-1] in ([], ["loading killed (float32)"]), err
+    assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'killed'").fetchone()[0] == 0
+
+
+# --- Ctrl-C during a load: the message says whether the model was loaded ---------------------
+
+def interrupted(runner, directory, name):
+    """`gpt2sql load` interrupted: (exit status, its last line on stderr)."""
+    result = runner(["load", str(directory), "--name", name])
+    return result.exit_code, result.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_after_the_commit_says_the_model_was_loaded(conn, runner, tmp_path, monkeypatch):
+    """The server committed, then Ctrl-C reached the client: it used to say just 'interrupted'."""
+    from gpt2sql.loader import model as loader
+
+    real = loader.load_model
+
+    def committed_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loader, "load_model", committed_then_interrupted)
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=18)
+    assert interrupted(runner, directory, "ctrl-c") == (130, "interrupted: model ctrl-c was loaded")
+    assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'ctrl-c'").fetchone()[0] == 1
+    runner(["drop", "ctrl-c"])
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_ctrl_c_during_the_copies_says_nothing_was_loaded(conn, runner, tmp_path, monkeypatch, previous):
+    from gpt2sql.loader import model as loader
+
+    if previous:
+        assert runner(["load", str(synthetic.write_checkpoint(tmp_path / "old", **TINY, seed=19)), "--name", "ctrl-c"]).exit_code == 0
+        before = logits(conn, "ctrl-c")
+    real = loader.load_model
+
+    def interrupted_midway(*args, progress=None, **kwargs):
+        def stop(done):
+            raise KeyboardInterrupt
+
+        real(*args, progress=stop, **kwargs)
+
+    monkeypatch.setattr(loader, "load_model", interrupted_midway)
+    directory = synthetic.write_checkpoint(tmp_path / "new", **TINY, seed=20)
+    if previous:
+        assert interrupted(runner, directory, "ctrl-c") == (130, "interrupted: nothing was loaded (the previous ctrl-c is unchanged)")
+        np.testing.assert_array_equal(logits(conn, "ctrl-c"), before)
+        runner(["drop", "ctrl-c"])
+    else:
+        assert interrupted(runner, directory, "ctrl-c") == (130, "interrupted: nothing was loaded")
+        assert conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'ctrl-c'").fetchone()[0] == 0
+
+
+@pytest.fixture
+def slow_commit(conn):
+    """A deferred trigger that makes the COMMIT of model 'ctrl-c-commit' sleep (60 s at most),
+    cancellable or not: (SQL to make the cancel end the COMMIT or not)."""
+    def install(cancel_aborts: bool):
+        sleep = "PERFORM pg_sleep(60);" if cancel_aborts else \
+                "BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END;"  # the commit goes on
+        conn.execute(f"""CREATE OR REPLACE FUNCTION public.gpt2sql_test_slow_commit() RETURNS trigger
+                         LANGUAGE plpgsql AS $$ BEGIN IF NEW.name = 'ctrl-c-commit' THEN {sleep} END IF;
+                         RETURN NULL; END $$""")
+        conn.execute("CREATE CONSTRAINT TRIGGER gpt2sql_test_slow_commit AFTER INSERT ON gpt2.models "
+                     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.gpt2sql_test_slow_commit()")
+
+    yield install
+    conn.execute("DROP TRIGGER IF EXISTS gpt2sql_test_slow_commit ON gpt2.models")
+    conn.execute("DROP FUNCTION IF EXISTS public.gpt2sql_test_slow_commit()")
+    conn.execute("DELETE FROM gpt2.models WHERE name = 'ctrl-c-commit'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cancel_aborts", [False, True])
+def test_sigint_during_the_commit_says_what_happened(dsn, conn, tmp_path, slow_commit, cancel_aborts):
+    """SIGINT to a real `gpt2sql load` while its COMMIT runs (held there by a deferred trigger):
+    the Ctrl-C cancels the COMMIT, or comes too late to (the trigger ignores the cancel)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("gpt2sql")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}")
+    slow_commit(cancel_aborts)
+    directory = synthetic.write_checkpoint(tmp_path / "ckpt", **TINY, seed=27)
+    load = subprocess.Popen([exe, "--dsn", dsn, "load", str(directory), "--name", "ctrl-c-commit", "--dtype", "float16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while load.poll() is None and not conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE query = 'COMMIT' AND wait_event = 'PgSleep'").fetchone():
+            time.sleep(0.05)
+        load.send_signal(signal.SIGINT)
+        out, err = load.communicate(timeout=120)
+    finally:
+        load.kill()
+    loaded = conn.execute("SELECT count(*) FROM gpt2.models WHERE name = 'ctrl-c-commit'").fetchone()[0] == 1
+    assert loaded is not cancel_aborts
+    assert load.returncode == 130, err
+    assert err.splitlines()[-1] == ("interrupted: nothing was loaded" if cancel_aborts
+                                    else "interrupted: model ctrl-c-commit was loaded"), err

@@ -131,3 +131,55 @@ def test_reader_granted_before_merge_reach_existed_keeps_tokenizing(conn, reader
     conn.execute(dict(db.sql_files())["10_tokenizer.sql"])  # what the upgrade applies
     with psycopg.connect(conninfo, autocommit=True) as c:
         assert len(c.execute("SELECT gpt2.tokenize(repeat('abc', 30))").fetchone()[0]) > 1
+
+
+def psql(dsn, *args):
+    """`gpt2sql --dsn DSN psql ARGS` in a process of its own: (exit status, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("gpt2sql")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}")
+    done = subprocess.run([exe, "--dsn", dsn, "psql", "-X", *args], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout.strip(), done.stderr
+
+
+@pytest.fixture
+def other_database(dsn, conn):
+    """The name of a second, empty database on the test server."""
+    name = f"gpt2sql_other_{os.getpid()}"
+    try:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.InsufficientPrivilege as e:
+        pytest.skip(f"cannot create a database on the test server: {e.diag.message_primary}")
+    yield name
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_psql_connects_as_the_role_the_user_names(dsn, conn, reader):
+    """-U used to lose to the user= of the -d that gpt2sql passes first: a superuser session."""
+    _, name = reader
+    query = "SELECT current_user, current_database()"
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    for args in (["-U", name], [f"-U{name}"], ["--username", name], [f"--username={name}"], [f"--user={name}"]):
+        assert psql(dsn, *args, "-Atc", query) == (0, f"{name}|{database}", ""), args
+    assert psql(dsn, "-Atc", query)[1] == f"{conn.execute('SELECT current_user').fetchone()[0]}|{database}"
+
+
+def test_psql_connects_to_the_database_the_user_names(dsn, conn, reader, other_database):
+    _, name = reader
+    me = conn.execute("SELECT current_user").fetchone()[0]
+    query = "SELECT current_database(), current_user"
+    for args in (["-d", other_database], [f"--dbname={other_database}"], [other_database]):  # psql [DBNAME [USERNAME]]
+        assert psql(dsn, "-Atc", query, *args) == (0, f"{other_database}|{me}", ""), args
+    assert psql(dsn, "-Atc", query, other_database, name) == (0, f"{other_database}|{name}", "")
+    assert psql(dsn, "-Atc", query, "-U", name, "--", other_database) == (0, f"{other_database}|{name}", "")
+
+
+def test_psql_goes_to_the_host_and_port_the_user_names(dsn, tmp_path):
+    """An empty socket directory / a closed port: psql says it cannot connect there."""
+    code, _, err = psql(dsn, "-h", str(tmp_path), "-Atc", "SELECT 1")
+    assert code == 2 and str(tmp_path) in err, err
+    code, _, err = psql(dsn, "-p", "1", "-Atc", "SELECT 1")
+    assert code == 2 and ("port 1 failed" in err or ".s.PGSQL.1" in err), err
