@@ -10,16 +10,13 @@ import click
 from gpt2sql import tables
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
-from gpt2sql.tokenize_cmd import checked_text, read_stdin
+from gpt2sql.tokenize_cmd import checked_text, nonempty, read_stdin
 
 QUIET_BELOW = 33  # tokens: shorter texts are quick, and get no progress bar
 
 
 def _text(text: str) -> str:
-    text = checked_text(read_stdin() if text == "-" else text)
-    if not text:
-        raise Gpt2SqlError("the text is empty: give at least one character")
-    return text
+    return nonempty(checked_text(read_stdin() if text == "-" else text))
 
 
 def _model(conn, model: str | None):

@@ -80,6 +80,14 @@ def checked_text(text: str) -> str:
     return text
 
 
+def nonempty(text: str, what: str = "the text") -> str:
+    """TEXT, or a one-line error if it is empty: the commands that run the model refuse ''
+    alike (tokenize does not: '' has no tokens, and [] says so)."""
+    if not text:
+        raise Gpt2SqlError(f"{what} is empty: give at least one character")
+    return text
+
+
 def parse_ids(args: tuple[str, ...]) -> list[int]:
     """['15496', '995'] or ['[15496, 995]'] -> [15496, 995]; a one-line error for anything else."""
     import json
