@@ -59,7 +59,8 @@ def score_cmd(ctx, text, model, top, as_json):
 
     Each token is scored given <|endoftext|> and the tokens before it. A text longer than
     the context is scored in windows (README: "Glass box"). TEXT '-' reads standard input
-    verbatim. rank 1 = the model's most likely token.
+    verbatim. rank 1 = the model's most likely token. Tokens show as in tokenize --show
+    (a space as '␣'; see its --help).
     """
     import json
     import math
@@ -122,7 +123,7 @@ def inspect_cmd(ctx, text, attention, logit_lens, layer, head, top, output, mode
     """Look inside: attention weights or the logit lens over TEXT.
 
     TEXT '-' reads standard input verbatim; at most the model's context (1024 tokens for
-    GPT-2). In tables and pictures a space shows as '␣' and a newline as '\\n'.
+    GPT-2). Tokens show as in tokenize --show (a space as '␣'; see its --help).
     """
     _check_options(ctx, attention, logit_lens)
     if output:

@@ -1,42 +1,64 @@
-"""Terminal tables for `gpt2sql score` and `gpt2sql inspect`: tokens shown readably, columns
-aligned by display width (a CJK character takes two columns)."""
+"""Terminal tables for `gpt2sql score` and `gpt2sql inspect`, and the one way a token is shown
+(label): columns aligned by display width (a CJK character takes two columns), fitted to the
+terminal's width."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import click
 
-ESCAPES = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+ESCAPES = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+INVISIBLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
 WIDEST = 14  # a token column's widest label; longer labels end in '…'
+# a label's units: an escape (label() writes every backslash as one) or one character
+UNIT = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[ntr\\])|.", re.S)
 
 
 def label(data: bytes) -> str:
-    """A token's bytes as readable text: b' the' -> '␣the', b'.\\n\\n' -> '.\\n\\n' (backslash n),
-    b'\\xe2\\x80' (part of a character) -> '\\xe2\\x80', U+00A0 -> '\\u00a0'."""
-    out = []
+    """A token's bytes as readable text, the same in every table, picture and `tokenize --show`:
+    b' the' -> '␣the', b'.\\n' -> '.\\n' (backslash n), b'\\\\' -> '\\\\' (so every backslash
+    starts an escape), b'\\xe2\\x80' (part of a character) -> '\\xe2\\x80', U+00A0 -> '\\u00a0'
+    (invisible and control characters, a real '␣', a combining mark with nothing to combine
+    with: \\uXXXX, or \\UXXXXXXXX beyond U+FFFF)."""
+    out: list[str] = []
     for c in data.decode("utf-8", errors="surrogateescape"):
+        code = ord(c)
+        bare = not out or len(out[-1]) > 1 or out[-1] == "␣"  # nothing visible to combine with
         if c in ESCAPES:
             out.append(ESCAPES[c])
-        elif 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that is not UTF-8 on its own
-            out.append(f"\\x{ord(c) - 0xDC00:02x}")
-        elif unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"):  # invisible
-            out.append(f"\\u{ord(c):04x}")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 on its own
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(c) in INVISIBLE or c == "␣" or (bare and unicodedata.combining(c)):
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
         else:
             out.append(c)
     return "".join(out)
+
+
+def units(text: str) -> list[str]:
+    """A label split where it may be cut: '\\u00a0ab' -> ['\\u00a0', 'a', 'b']."""
+    return UNIT.findall(text)
 
 
 def width(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
+def cut(text: str, columns: int) -> str:
+    """TEXT in at most COLUMNS display columns: whole units, then '…' if any were left out."""
+    if width(text) <= columns:
+        return text
+    parts = units(text)
+    while parts and width("".join(parts)) > columns - 1:
+        parts.pop()
+    return "".join(parts) + "…"
+
+
 def fit(text: str, columns: int) -> str:
-    """TEXT cut to COLUMNS display columns (ending in '…' if cut), padded with spaces."""
-    if width(text) > columns:
-        while width(text) > columns - 1:
-            text = text[:-1]
-        text += "…"
+    """TEXT cut to COLUMNS display columns (see cut), padded with spaces."""
+    text = cut(text, columns)
     return text + " " * (columns - width(text))
 
 

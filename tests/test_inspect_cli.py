@@ -100,9 +100,33 @@ def test_score_past_the_context(conn, runner, model):
 @pytest.mark.parametrize("data, shown", [
     (b" the", "␣the"), (b"  ", "␣␣"), (b".\n\n", ".\\n\\n"), (b"\t", "\\t"), (b"\xe2\x80", "\\xe2\\x80"),
     (" caf\u00e9".encode(), "␣caf\u00e9"), ("\u00a0".encode(), "\\u00a0"), ("\u4e16".encode(), "\u4e16"),
+    (b"\\n", "\\\\n"), (b"\\", "\\\\"),                       # a backslash is doubled: '\\n' is never a newline
+    ("\U000e0001".encode(), "\\U000e0001"), ("\u200b".encode(), "\\u200b"), (b"\x1b[", "\\u001b["),
+    ("\u0301".encode(), "\\u0301"), ("e\u0301".encode(), "e\u0301"),  # a mark with nothing to combine with
+    ("\u2423".encode(), "\\u2423"),                                   # a real '␣' is not a space
 ])
 def test_tokens_are_shown_with_spaces_and_newlines_visible(data, shown):
     assert label(data) == shown
+
+
+@pytest.mark.parametrize("text, columns, cut", [
+    ("\\u00a0\\u00a0", 8, "\\u00a0…"), ("ab\\xe2\\x80", 5, "ab…"), ("\\\\\\n", 3, "\\\\…"),
+    ("␣the", 4, "␣the"), ("世界世界", 5, "世界…"),
+])
+def test_a_cut_label_keeps_its_escapes_whole(text, columns, cut):
+    from gpt2sql.tables import fit, width
+
+    assert fit(text, columns).rstrip() == cut and width(fit(text, columns)) == columns
+
+
+def test_pictures_show_tokens_as_tables_do_and_never_cut_an_escape():
+    pytest.importorskip("matplotlib")
+    from gpt2sql.plots import _drawable
+
+    assert _drawable("␣the") == "␣the"
+    assert _drawable("\\u00a0" * 3, 10) == "\\u00a0…", "a whole escape, then '…'"
+    assert _drawable("世界", 20) == "\\u4e16\\u754c", "characters the font lacks as escapes"
+    assert _drawable("a" * 12 + "世", 12) == "a" * 11 + "…"
 
 
 # -- inspect: tables ----------------------------------------------------------------------
