@@ -238,6 +238,8 @@ def test_missing_matplotlib_is_one_line(runner, model, tmp_path, monkeypatch):
     (["inspect", TEXT, "--attention", "--top", "2"], 2, "--top goes with --logit-lens"),
     (["inspect", TEXT, "--attention", "--head", "-1"], 2, "--head"),
     (["score", TEXT, "--top", "21"], 2, "--top"),
+    (["inspect", TEXT, "--attention", "-o", "a.png", "--width", "80"], 2, "--width goes with a table"),
+    (["score", TEXT, "--width", "-1"], 2, "--width"),
 ])
 def test_bad_input(runner, model, args, code, fragment):
     one_line_error(runner([*args, *(["-m", model] if "--model" not in args else [])]), code, fragment)
