@@ -98,8 +98,8 @@ def _check_arguments(ctx: click.Context, prompt: str | None, batch: str | None, 
 
 
 def _batch_prompts(path: str) -> list[str]:
-    """One prompt per line of FILE ('-': standard input), without the line ends ('\n' or
-    '\r\n'); a blank line is an error naming it, so that prompt i is always line i."""
+    """One prompt per line of FILE ('-': standard input), without the line ends (LF or CR LF);
+    a blank line is an error naming it, so that prompt i is always line i."""
     if path == "-":
         text = read_stdin()
     else:

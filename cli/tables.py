@@ -18,10 +18,11 @@ UNIT = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[ntr\\])|.", re.
 
 def label(data: bytes) -> str:
     """A token's bytes as readable text, the same in every table, picture and `tokenize --show`:
-    b' the' -> '␣the', b'.\\n' -> '.\\n' (backslash n), b'\\\\' -> '\\\\' (so every backslash
-    starts an escape), b'\\xe2\\x80' (part of a character) -> '\\xe2\\x80', U+00A0 -> '\\u00a0'
-    (invisible and control characters, a real '␣', a combining mark with nothing to combine
-    with: \\uXXXX, or \\UXXXXXXXX beyond U+FFFF)."""
+    a space -> '␣'; a newline, tab, carriage return -> backslash n, t, r; a backslash -> two
+    (so that every backslash starts an escape); a byte that is only part of a character ->
+    backslash x and two hex digits (b'\\xe2\\x80' -> the 8 characters \\xe2\\x80); an invisible or
+    control character, a real '␣', or a combining mark with nothing to combine with ->
+    \\u and 4 hex digits (\\U and 8 beyond U+FFFF), e.g. U+00A0 -> \\u00a0; anything else as itself."""
     out: list[str] = []
     for c in data.decode("utf-8", errors="surrogateescape"):
         code = ord(c)
