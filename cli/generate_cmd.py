@@ -9,7 +9,7 @@ import click
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
-from gpt2sql.tokenize_cmd import checked_text, read_stdin
+from gpt2sql.tokenize_cmd import checked_text, nonempty, read_stdin
 
 INT4_MAX = 2**31 - 1  # the SQL functions take int
 
@@ -82,16 +82,24 @@ def _nonempty_stops(ctx, param, stops: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_arguments(ctx: click.Context, prompt: str | None, batch: str | None, no_top_k: bool) -> None:
+    """Usage errors for contradictions, and for options that would silently do nothing."""
     from click.core import ParameterSource
 
-    if no_top_k and ctx.get_parameter_source("top_k") is not ParameterSource.DEFAULT:
+    given = lambda name: ctx.get_parameter_source(name) is not ParameterSource.DEFAULT  # noqa: E731
+    if no_top_k and given("top_k"):
         raise click.UsageError("--top-k and --no-top-k exclude each other: give one", ctx)
     if (prompt is None) == (batch is None):
         raise click.UsageError("give a PROMPT or --batch FILE (one of them)", ctx)
+    json_out = ctx.params["as_json"] or batch is not None
+    if given("top_logprobs") and not json_out:  # the text output has no place for them
+        raise click.UsageError("--top-logprobs goes with --json or --batch (the text output shows no logprobs)", ctx)
+    if ctx.params["no_echo"] and json_out:  # JSON lines never echo the prompt
+        raise click.UsageError("--no-echo goes with the text output (--json and --batch never echo the prompt)", ctx)
 
 
 def _batch_prompts(path: str) -> list[str]:
-    """One prompt per line of FILE ('-': standard input), without the line ends."""
+    """One prompt per line of FILE ('-': standard input), without the line ends (LF or CR LF);
+    a blank line is an error naming it, so that prompt i is always line i."""
     if path == "-":
         text = read_stdin()
     else:
@@ -104,10 +112,12 @@ def _batch_prompts(path: str) -> list[str]:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise Gpt2SqlError(f"{path!r} is not UTF-8 (byte {e.start})") from None
-    prompts = [checked_text(line) for line in text.splitlines()]
-    if not prompts:
-        raise Gpt2SqlError(f"{'standard input' if path == '-' else repr(path)} holds no prompts (one per line)")
-    return prompts
+    where = "standard input" if path == "-" else repr(path)
+    # subtle: not str.splitlines, which also cuts at form feeds, U+2028 and the like
+    lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
+    if not lines:
+        raise Gpt2SqlError(f"{where} holds no prompts (one per line)")
+    return [nonempty(checked_text(line), f"line {i} of {where}") for i, line in enumerate(lines, start=1)]
 
 
 @click.command("generate")
@@ -131,24 +141,36 @@ def _batch_prompts(path: str) -> list[str]:
               help="Print one JSON object per token: step, id, text and logprob (log-probability under the model).")
 @click.option("--top-logprobs", type=click.IntRange(min=0, max=20), default=0, show_default=True,
               help="With --json or --batch: also the N most likely tokens at each step, with their logprobs.")
+@click.option("--no-echo", is_flag=True, help="Print only the continuation, not the prompt before it.")
 @click.pass_context
 def generate_cmd(ctx, prompt, batch, model, max_tokens, temperature, top_k, no_top_k, top_p, seed, stop, as_json,
-                 top_logprobs):
+                 top_logprobs, no_echo):
     """Continue PROMPT, printing tokens as they are computed.
 
     PROMPT '-' reads standard input verbatim, a final newline included (echo adds one;
-    printf '%s' does not). A --stop string ends the output, as in Hugging Face
-    transformers (OpenAI's API leaves it out). --batch decodes many prompts together:
-    every weight is read once per step for all of them.
+    printf '%s' does not). The prompt is printed before its continuation (not with
+    --no-echo). An empty prompt is an error, and so is a blank line of a --batch FILE.
+    A prompt longer than the model's context is continued from its end (a note on
+    stderr says so). A --stop string ends the output, as in Hugging Face transformers
+    (OpenAI's API leaves it out). --batch decodes many prompts together: every weight
+    is read once per step for all of them.
     """
     _check_arguments(ctx, prompt, batch, no_top_k)
-    prompts = _batch_prompts(batch) if batch is not None else [checked_text(read_stdin() if prompt == "-" else prompt)]
+    if batch is not None:
+        prompts = _batch_prompts(batch)
+    else:
+        prompts = [nonempty(checked_text(read_stdin() if prompt == "-" else prompt), "the prompt")]
     _ensure_model(ctx, model)
     conn = connection(ctx)
     lengths = conn.execute("SELECT gpt2.generate_batch_start(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                            (prompts, model, max_tokens, temperature, None if no_top_k else top_k, top_p, seed,
                             list(stop) or None, top_logprobs)).fetchone()[0]
-    n_layer = conn.execute("SELECT m.n_layer FROM gpt2.models m JOIN gen_seq g ON g.model = m.name LIMIT 1").fetchone()[0]
+    name, n_layer, n_positions = conn.execute("SELECT m.name, m.n_layer, m.n_positions FROM gpt2.models m "
+                                              "JOIN gen_seq g ON g.model = m.name LIMIT 1").fetchone()
+    for i, n in enumerate(lengths, start=1):  # the SQL side keeps the end of such a prompt
+        if n > n_positions:
+            click.echo(f"note: {'the prompt' if batch is None else f'prompt {i}'} has {n} tokens and model {name!r} "
+                       f"sees at most {n_positions}: the continuation follows from its end", err=True)
     progress = Progress(conn, n_layer)
     if sum(lengths) > 32:  # a short prompt is processed by the first step, without a bar
         with progress.bar(f"prompt ({sum(lengths)} tokens)"):
@@ -156,7 +178,7 @@ def generate_cmd(ctx, prompt, batch, model, max_tokens, temperature, top_k, no_t
     if batch is not None:
         _print_batch(conn, progress, len(prompts), max_tokens)
     else:
-        _print_one(conn, progress, prompts[0], as_json, top_logprobs)
+        _print_one(conn, progress, None if no_echo else prompts[0], as_json, top_logprobs)
 
 
 def _token_json(row, top_logprobs: int, prompt: int | None = None) -> str:
@@ -170,11 +192,11 @@ def _token_json(row, top_logprobs: int, prompt: int | None = None) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def _print_one(conn, progress: Progress, prompt: str, as_json: bool, top_logprobs: int) -> None:
+def _print_one(conn, progress: Progress, echo: str | None, as_json: bool, top_logprobs: int) -> None:
     import codecs
 
-    if not as_json:
-        click.echo(prompt, nl=False)
+    if echo is not None and not as_json:
+        click.echo(echo, nl=False)
     eos = conn.execute("SELECT gpt2.eos_id()").fetchone()[0]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens can split a character
     while True:

@@ -10,16 +10,16 @@ import click
 from gpt2sql import tables
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
-from gpt2sql.tokenize_cmd import checked_text, read_stdin
+from gpt2sql.tokenize_cmd import checked_text, nonempty, read_stdin
 
 QUIET_BELOW = 33  # tokens: shorter texts are quick, and get no progress bar
+WIDTH = click.option("--width", type=click.IntRange(min=0), metavar="COLUMNS",
+                     help="Fit tables in this many columns (0: no limit). Default: the terminal's width, "
+                     "80 when not a terminal.")
 
 
 def _text(text: str) -> str:
-    text = checked_text(read_stdin() if text == "-" else text)
-    if not text:
-        raise Gpt2SqlError("the text is empty: give at least one character")
-    return text
+    return nonempty(checked_text(read_stdin() if text == "-" else text))
 
 
 def _model(conn, model: str | None):
@@ -56,13 +56,15 @@ def _progress(conn, ticks: int, label: str, shown: bool):
               help="Also show the N most likely tokens at each position, with their logprobs (0: none).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per token (pos, id, text, logprob, rank, top_logprobs), then a summary.")
+@WIDTH
 @click.pass_context
-def score_cmd(ctx, text, model, top, as_json):
+def score_cmd(ctx, text, model, top, as_json, width):
     """Each token's logprob and rank in TEXT, and the perplexity.
 
     Each token is scored given <|endoftext|> and the tokens before it. A text longer than
     the context is scored in windows (README: "Glass box"). TEXT '-' reads standard input
-    verbatim. rank 1 = the model's most likely token.
+    verbatim. rank 1 = the model's most likely token. Tokens show as in tokenize --show
+    (a space as '␣'; see its --help).
     """
     import json
     import math
@@ -86,16 +88,18 @@ def score_cmd(ctx, text, model, top, as_json):
         click.echo(json.dumps(summary))
         return
     labels = _labels(conn, [r[1] for r in rows] + [a["id"] for r in rows for a in r[5] or []])
-    tables.print_scores(rows, labels, top)
-    click.echo(f"perplexity {summary['perplexity']:.3f} over {len(rows)} tokens "
-               f"(mean logprob {mean:.3f}), model {name}")
+    tables.print_scores(rows, labels, top, tables.columns(width))
+    tables.wrapped(f"perplexity {summary['perplexity']:.3f} over {len(rows)} tokens (mean logprob {mean:.3f}), "
+                   f"model {name}", tables.columns(width))
 
 
-def _check_options(ctx, attention: bool, logit_lens: bool) -> None:
+def _check_options(ctx, attention: bool, logit_lens: bool, output: str | None) -> None:
     from click.core import ParameterSource
 
     if attention == logit_lens:
         raise click.UsageError("give --attention or --logit-lens (one of them)", ctx)
+    if output and ctx.params["width"] is not None:
+        raise click.UsageError("--width goes with a table, not with --output", ctx)
     only = ["layer", "head"] if logit_lens else ["top"]
     for option in only:
         if ctx.get_parameter_source(option) is not ParameterSource.DEFAULT:
@@ -120,14 +124,15 @@ def _in_range(option: str, value: int | None, count: int, what: str, name: str) 
 @click.option("--output", "-o", metavar="FILE", help="Draw a picture into FILE (.png, .svg, .pdf) instead of "
               "printing a table; needs matplotlib (the 'plot' extra).")
 @click.option("--model", "-m", help="Model to use. Default: the latest loaded (see gpt2sql models).")
+@WIDTH
 @click.pass_context
-def inspect_cmd(ctx, text, attention, logit_lens, layer, head, top, output, model):
+def inspect_cmd(ctx, text, attention, logit_lens, layer, head, top, output, model, width):
     """Look inside: attention weights or the logit lens over TEXT.
 
     TEXT '-' reads standard input verbatim; at most the model's context (1024 tokens for
-    GPT-2). In tables and pictures a space shows as '␣' and a newline as '\\n'.
+    GPT-2). Tokens show as in tokenize --show (a space as '␣'; see its --help).
     """
-    _check_options(ctx, attention, logit_lens)
+    _check_options(ctx, attention, logit_lens, output)
     if output:
         from gpt2sql import plots
 
@@ -152,9 +157,9 @@ def inspect_cmd(ctx, text, attention, logit_lens, layer, head, top, output, mode
         if output:
             plots.attention(output, weights[0], labels, layers[0], heads, name)
         elif head is None:
-            tables.print_attention_summary(*weights, labels, layers, heads, name)
+            tables.print_attention_summary(*weights, labels, layers, heads, name, tables.columns(width))
         else:
-            tables.print_attention_matrix(weights[:, 0], labels, layers, head, name)
+            tables.print_attention_matrix(weights[:, 0], labels, layers, head, name, tables.columns(width))
     else:
         with _progress(conn, n_layer, f"logit lens over {len(ids)} tokens", shown):
             rows = conn.execute("SELECT layer, pos, rank, token, prob FROM gpt2.logit_lens(%s, %s, %s) "
@@ -163,7 +168,7 @@ def inspect_cmd(ctx, text, attention, logit_lens, layer, head, top, output, mode
         if output:
             plots.logit_lens(output, rows, token_labels, labels, n_layer, name)
         else:
-            tables.print_logit_lens(rows, token_labels, labels, top, n_layer, name)
+            tables.print_logit_lens(rows, token_labels, labels, top, n_layer, name, tables.columns(width))
     if output:
         click.echo(f"wrote {output}", err=True)
 

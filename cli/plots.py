@@ -43,10 +43,22 @@ def _glyphs() -> frozenset[int]:
 
 
 def _drawable(text: str, most: int = 12) -> str:
-    """TEXT with characters the font lacks (CJK, emoji) as \\uXXXX, cut to MOST characters."""
+    """A label (tables.label) with the characters the font lacks (CJK, emoji) as \\uXXXX, cut
+    to MOST characters at a whole escape or character, then '…'."""
+    from gpt2sql.tables import units
+
     glyphs = _glyphs()
-    text = "".join(c if ord(c) in glyphs else f"\\u{ord(c):04x}" for c in text)
-    return text if len(text) <= most else text[:most - 1] + "…"
+    parts = [u if len(u) > 1 or ord(u) in glyphs else f"\\u{ord(u):04x}" if ord(u) <= 0xFFFF else f"\\U{ord(u):08x}"
+             for u in units(text)]
+    if sum(map(len, parts)) <= most:
+        return "".join(parts)
+    kept, size = [], 0
+    for part in parts:
+        if size + len(part) > most - 1:
+            break
+        kept.append(part)
+        size += len(part)
+    return "".join(kept) + "…"
 
 
 def _ticks(axis, labels: list[str], inches: float, rotation: int = 0, largest: float = 10) -> None:
@@ -103,7 +115,6 @@ def attention(path: str, weights, labels: list[str], layer: int, heads: list[int
             if i + cols >= len(heads):  # the lowest panel of its column
                 _ticks(ax.xaxis, labels, side, rotation=90)
                 ax.xaxis.set_tick_params(labelbottom=True)  # (sharex shows labels on the last row only)
-                ax.xaxis.set_tick_params(labelbottom=True)
         what = f"head {heads[0]}" if len(heads) == 1 else f"all {len(heads)} heads"
         fig.suptitle(f"Attention weights: model {model}, layer {layer}, {what}\n"
                      "row: query (the token attending), column: key (the token attended to)", fontsize=11)

@@ -7,23 +7,28 @@ import click
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
+from gpt2sql.tables import fit, label, width
 
 
 @click.command("tokenize")
 @click.argument("text")
-@click.option("--show", is_flag=True, help="Print one token per line: its id and its text, quoted and escaped.")
+@click.option("--show", is_flag=True, help="Print one token per line: its id and its text.")
 @click.option("--trace", is_flag=True, help="Print every BPE merge step of every piece (gpt2.tokenize_trace), then the ids.")
 @click.pass_context
 def tokenize_cmd(ctx: click.Context, text: str, show: bool, trace: bool) -> None:
     """Print the GPT-2 token ids of TEXT as a JSON array.
 
-    TEXT '-' reads standard input verbatim (a final newline is part of the text)."""
+    TEXT '-' reads standard input verbatim (a final newline is part of the text).
+    Tokens show as in score and inspect: a space as '␣', a newline as '\\n', a
+    backslash as '\\\\', a byte that is only part of a character as '\\xNN', an
+    invisible character as '\\uNNNN'."""
     import json
 
     text = checked_text(read_stdin() if text == "-" else text)
     conn = connection(ctx)
     if trace:
-        print_trace(conn.execute("SELECT * FROM gpt2.tokenize_trace(%s)", (text,)).fetchall())
+        byte_of = dict(conn.execute("SELECT ch, b FROM gpt2.bytes_to_unicode").fetchall())
+        print_trace(conn.execute("SELECT * FROM gpt2.tokenize_trace(%s)", (text,)).fetchall(), byte_of)
     if show:
         rows = conn.execute(
             "SELECT t.id, v.bytes FROM unnest(gpt2.tokenize(%s)) WITH ORDINALITY AS t(id, k)"
@@ -31,7 +36,7 @@ def tokenize_cmd(ctx: click.Context, text: str, show: bool, trace: bool) -> None
             (text,),
         ).fetchall()
         for token_id, data in rows:
-            click.echo(f"{token_id:>6}  {readable(bytes(data))}")
+            click.echo(f"{token_id:>6}  {label(bytes(data))}")
         return
     ids = conn.execute("SELECT gpt2.tokenize(%s)", (text,)).fetchone()[0]
     click.echo(("ids: " if trace else "") + json.dumps(ids))
@@ -80,6 +85,14 @@ def checked_text(text: str) -> str:
     return text
 
 
+def nonempty(text: str, what: str = "the text") -> str:
+    """TEXT, or a one-line error if it is empty: the commands that run the model refuse ''
+    alike (tokenize does not: '' has no tokens, and [] says so)."""
+    if not text:
+        raise Gpt2SqlError(f"{what} is empty: give at least one character")
+    return text
+
+
 def parse_ids(args: tuple[str, ...]) -> list[int]:
     """['15496', '995'] or ['[15496, 995]'] -> [15496, 995]; a one-line error for anything else."""
     import json
@@ -102,25 +115,21 @@ def parse_ids(args: tuple[str, ...]) -> list[int]:
     return values
 
 
-def readable(data: bytes) -> str:
-    """A token's bytes, quoted and escaped: b' world' -> '" world"', b'\\xe2\\x80' -> '"\\xe2\\x80"'."""
-    import json
+def print_trace(rows, byte_of: dict[str, int]) -> None:
+    """The rows of gpt2.tokenize_trace, one block per piece: step, rank, merged pair, symbols.
+    Symbols come in GPT-2's byte-level alphabet ('Ġ' for a space); BYTE_OF (gpt2.bytes_to_unicode)
+    turns them back into bytes, shown as every other command shows a token (tables.label)."""
 
-    text = data.decode("utf-8", errors="surrogateescape")
-    out = [f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else json.dumps(c, ensure_ascii=False)[1:-1] for c in text]
-    return '"' + "".join(out) + '"'
-
-
-def print_trace(rows) -> None:
-    """The rows of gpt2.tokenize_trace, one block per piece: step, rank, merged pair, symbols."""
-    import json
+    def shown(symbol: str) -> str:
+        return label(bytes(byte_of[c] for c in symbol))
 
     for piece_no, piece, step, pair, rank, _merged_id, symbols in rows:
         if step == 0:
-            click.echo(f"piece {piece_no}: {json.dumps(piece, ensure_ascii=False)}")
+            click.echo(f"piece {piece_no}: {label(piece.encode())}")
             click.echo(f"  {'step':>4}  {'rank':>5}  {'merge':<20}  symbols")
-        merge = "" if pair is None else pair
-        click.echo(f"  {step:>4}  {'' if rank is None else rank:>5}  {merge:<20}  {' '.join(symbols)}")
+        merge = "" if pair is None else " + ".join(map(shown, pair.split(" + ")))  # (no symbol holds a space)
+        click.echo(f"  {step:>4}  {'' if rank is None else rank:>5}  {fit(merge, max(20, width(merge)))}  "
+                   + " ".join(map(shown, symbols)))
 
 
 COMMANDS = [tokenize_cmd, detokenize_cmd]

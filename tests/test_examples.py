@@ -1,9 +1,11 @@
-"""The psql walk-through in sql/examples/ runs, as written, through `gpt2sql psql`, and
-prints what it says it does: checks that hold for any model (the test model is random)."""
+"""The psql walk-through in sql/examples/ runs, as written, through `gpt2sql psql`, prints
+what it says it does (checked against the NumPy reference, tests/reference.py, where there
+is one), and fits in 100 columns with as many layers as GPT-2 124M has."""
 
 from __future__ import annotations
 
 import csv
+import sys as _sys
 import io
 import json
 import re
@@ -20,14 +22,26 @@ import synthetic
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "sql" / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.sql"))
 GPT2SQL = str(Path(sys.executable).parent / "gpt2sql")
+# 12 layers, as GPT-2 124M: the logit lens is as wide as users see it; narrow, so it is quick
+CONFIG = dict(synthetic.CONFIGS["tiny"], n_layer=12)
+N_LAYER = CONFIG["n_layer"]
+WIDEST = 100  # columns of psql's aligned output
 
 
 @pytest.fixture(scope="module")
 def model(runner, tmp_path_factory):
     """A small random model, loaded last so that it is the default the examples use."""
-    directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("examples"), **synthetic.CONFIGS["tiny"], seed=2)
+    directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("examples"), **CONFIG, seed=2)
     assert runner(["load", str(directory), "--name", "examples"]).exit_code == 0
     return directory
+
+
+def run_aligned(dsn, name: str) -> str:
+    """sql/examples/NAME in psql's default (aligned) format, as a user sees it."""
+    args = [GPT2SQL, "--dsn", dsn, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(EXAMPLES_DIR / name)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr}"
+    return done.stdout
 
 
 def run_example(dsn, name: str, *variables: str) -> dict[str, list[list[str]]]:
@@ -55,20 +69,37 @@ def run_example(dsn, name: str, *variables: str) -> dict[str, list[list[str]]]:
     return {key: [run[1:] for run in runs] for key, runs in results.items()}
 
 
-def test_examples_cover_every_stage():
-    names = " ".join(p.stem for p in EXAMPLES)
+def test_every_example_has_its_test():
+    stems = {p.stem for p in EXAMPLES}
+    tested = {name.removeprefix("test_") for name in dir(_sys.modules[__name__]) if name.startswith("test_0")}
+    assert stems and all(any(t.startswith(stem) for t in tested) for stem in stems), sorted(stems)
     for stage in ("tokenize", "embeddings", "attention", "next_token", "generate", "logit_lens", "score"):
-        assert stage in names
+        assert any(stage in stem for stem in stems)
+
+
+@pytest.mark.parametrize("example", [p.name for p in EXAMPLES])
+def test_every_example_fits_100_columns(dsn, model, example):
+    """psql users read these in a terminal. Exempt: 05's continuation, a text in one cell
+    (psql's `\\pset format wrapped` folds it)."""
+    from gpt2sql.tables import width
+
+    out = run_aligned(dsn, example)
+    assert out.strip(), "prints something"
+    if example.startswith("05_"):
+        out = re.sub(r"^ +continuation *\n-+\n.*?\n\(1 row\)", "", out, flags=re.S | re.M)
+    wide = [line for line in out.splitlines() if width(line) > WIDEST]
+    assert not wide, f"{len(wide)} lines wider than {WIDEST} columns, e.g. ({width(wide[0])}):\n{wide[0]}"
 
 
 def test_01_tokenize_shows_the_merges(dsn, model):
     out = run_example(dsn, "01_tokenize.sql")
-    trace = out["piece_no"][0]
-    assert [int(r[2]) for r in trace] == list(range(len(trace))), "steps 0, 1, 2, ..."
-    assert trace[-1][6] == "{ĠMississ,ipp,iless,ly}"
-    ranks = [int(r[4]) for r in trace[1:]]
+    trace = out["piece_no"][0]  # piece_no, step, pair, rank, merged_id, symbols
+    assert [int(r[1]) for r in trace] == list(range(len(trace))), "steps 0, 1, 2, ..."
+    assert trace[0][5] == "{Ġ,M,i,s,s,i,s,s,i,p,p,i,l,e,s,s,l,y}" and trace[-1][5] == "{ĠMississ,ipp,iless,ly}"
+    assert [r[2] for r in trace[1:4]] == ["i + s", "e + s", "l + y"]
+    ranks = [int(r[3]) for r in trace[1:]]
     assert ranks == sorted(ranks), "BPE merges the lowest rank first"
-    assert all(int(r[5]) == int(r[4]) + 256 for r in trace[1:]), "merged id = rank + 256"
+    assert all(int(r[4]) == int(r[3]) + 256 for r in trace[1:]), "merged id = rank + 256"
     assert out["ids"][0] == [["{12732,3974,30608,306}", " Mississippilessly"]]
     assert [(int(r[1]), r[3]) for r in out["ord"][0]] == [(12732, " Mississ"), (3974, "ipp"), (30608, "iless"), (306, "ly")]
 
@@ -82,23 +113,29 @@ def test_02_embeddings_add_token_and_position(dsn, conn, model):
     prompt = "Happy New Year! I wish"
     out = run_example(dsn, "02_embeddings.sql", f"prompt={prompt}")
     assert out["name"][0][0][0] == "examples"
-    rows = out["pos"][0]
+    rows = out["pos"][0]  # pos, id, token, dim, wte, wpe, x: a row per number
     ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
-    assert [int(r[0]) for r in rows] == list(range(len(ids))) and [int(r[1]) for r in rows] == ids
-    vec = lambda text: np.array(text.strip("[]").split(","), dtype=np.float64)  # noqa: E731
-    for pos, _id, _token, wte, wpe, x in rows:
-        assert np.allclose(vec(wte) + vec(wpe), vec(x), atol=1e-6), f"x != wte + wpe at position {pos}"
+    _, params = reference.load(model)
+    assert [(int(r[0]), int(r[1]), int(r[3])) for r in rows] == [(t, i, d) for t, i in enumerate(ids) for d in (1, 2, 3)]
+    assert [r[2] for r in rows[::3]] == ["Happy", " New", " Year", "!", " I", " wish"]
+    for pos, token, _text, dim, wte, wpe, x in rows:
+        want = params["wte"][int(token), int(dim) - 1], params["wpe"][int(pos), int(dim) - 1]
+        assert np.allclose([float(wte), float(wpe)], want, atol=1e-6), f"position {pos}, number {dim}"
+        assert float(x) == pytest.approx(float(wte) + float(wpe), abs=1e-6), f"x != wte + wpe at position {pos}"
 
 
 def test_03_attention_rows_are_causal_distributions(dsn, conn, model):
     prompt = "The cat sat on the mat because it"
     out = run_example(dsn, "03_attention.sql", f"prompt={prompt}", "head=1")
     rows = out["pos"][0]
-    assert len(rows) == len(conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0])
+    ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
+    hparams, params = reference.load(model)
+    want = reference.attention_weights(params, hparams, ids)[0, 1]  # layer 0, head 1: [n, n]
+    assert len(rows) == len(ids)
     for pos, _token, weights in rows:
         w = [float(v) for v in weights.split()]
         assert len(w) == int(pos) + 1, "position t attends to positions 0..t"
-        assert abs(sum(w) - 1) <= 0.005 * len(w) + 1e-9, f"row {pos} sums to {sum(w)} (2 decimals each)"
+        assert np.allclose(w, want[int(pos), : int(pos) + 1], atol=0.0051), f"row {pos}: {w}"
 
 
 def test_04_next_token_shows_the_models_probabilities(dsn, conn, model):
@@ -137,21 +174,28 @@ def test_04_next_token_shows_the_models_probabilities(dsn, conn, model):
 def test_06_logit_lens_shows_every_layer(dsn, conn, model):
     prompt = "The cat sat on the mat because it"
     out = run_example(dsn, "06_logit_lens.sql", f"prompt={prompt}")
-    assert out["name"][0] == [["examples", "2"]]
-    lens = conn.execute("SELECT layer, pos, rank, token, text, prob FROM gpt2.logit_lens(%s, 'examples', 3)", (prompt,)).fetchall()
+    assert out["name"][0] == [["examples", str(N_LAYER)]]
     ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
-    rows = out["pos"][0]
-    assert [int(r[0]) for r in rows] == list(range(len(ids)))
-    for pos, token, by_layer in rows:
-        assert json.loads(token) == conn.execute("SELECT gpt2.detokenize(%s)", ([ids[int(pos)]],)).fetchone()[0]
+    hparams, params = reference.load(model)
+    probs = reference.logit_lens(params, hparams, ids)  # [n_layer + 1, n, n_vocab]
+    text = lambda i: conn.execute("SELECT gpt2.detokenize(%s)", ([int(i)],)).fetchone()[0]  # noqa: E731
+    rows = out["pos"][0]  # pos, token, layers, top_token: a row per position and run of 3 layers
+    groups = [(a, min(a + 2, N_LAYER)) for a in range(0, N_LAYER + 1, 3)]
+    assert [(int(r[0]), r[2]) for r in rows] == [(p, f"{a}-{b}" if a < b else str(a)) for p in range(len(ids)) for a, b in groups]
+    for pos, token, layers, by_layer in rows:
+        assert json.loads(token) == text(ids[int(pos)])
         cells = re.findall(r'(\d+): ("(?:[^"\\]|\\.)*") (\d\.\d\d)', by_layer)
-        want = [(layer, text, prob) for layer, p, rank, _, text, prob in lens if p == int(pos) and rank == 1]
+        first, _, last = layers.partition("-")
+        want = [(layer, text(probs[layer, int(pos)].argmax()), probs[layer, int(pos)].max())
+                for layer in range(int(first), int(last or first) + 1)]
         assert [(int(l), json.loads(t)) for l, t, _ in cells] == [(l, t) for l, t, _ in want], by_layer
-        assert np.allclose([float(p) for _, _, p in cells], [p for _, _, p in want], atol=0.006)
-    last = [(layer, rank, token, text, prob) for layer, p, rank, token, text, prob in lens if p == len(ids) - 1]
+        assert np.allclose([float(p) for _, _, p in cells], [p for _, _, p in want], atol=0.0051)
     shown = [(int(l), int(r), int(i), json.loads(t), float(p)) for l, r, i, t, p in out["layer"][0]]
-    assert [s[:4] for s in shown] == [w[:4] for w in last] and len(shown) == 3 * 3, "top 3 of layers 0, 1, 2"
-    assert np.allclose([s[4] for s in shown], [w[4] for w in last], atol=6e-5)
+    top3 = [(layer, rank + 1, int(i)) for layer in range(N_LAYER + 1)
+            for rank, i in enumerate(np.argsort(-probs[layer, -1], kind="stable")[:3])]
+    assert [s[:3] for s in shown] == top3, f"the top 3 of layers 0..{N_LAYER} at the last position"
+    assert [s[3] for s in shown] == [text(i) for _, _, i in top3]
+    assert np.allclose([s[4] for s in shown], [probs[l, -1, i] for l, _, i in top3], atol=6e-5)
 
 
 def test_07_score_shows_each_token_and_the_perplexity(dsn, conn, model):
@@ -172,10 +216,13 @@ def test_07_score_shows_each_token_and_the_perplexity(dsn, conn, model):
     assert float(perplexity) == pytest.approx(np.exp(-np.mean(logprobs)), rel=1e-4)
 
 
-def test_05_generate_streams_the_same_tokens(dsn, model):
+def test_05_generate_streams_the_same_tokens(dsn, conn, model):
     out = run_example(dsn, "05_generate.sql")
     greedy = out["step"][0]
     assert [int(r[0]) for r in greedy] == list(range(1, 21))
+    hparams, params = reference.load(model)
+    ids = conn.execute("SELECT gpt2.tokenize('Happy New Year! I wish')").fetchone()[0]
+    assert [int(r[1]) for r in greedy] == reference.generate_greedy(params, hparams, ids, 20)
     assert out["continuation"][0][0][0].startswith("Happy New Year! I wish")
     assert int(out["generate_start"][0][0][0]) == 6, "the prompt's length in tokens"
     steps = [run[0] for run in out["step"][1:]]

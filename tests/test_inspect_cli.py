@@ -26,6 +26,13 @@ def model(tmp_path_factory, runner):
     return "glass"
 
 
+@pytest.fixture(autouse=True)
+def terminal(monkeypatch):
+    """Tables fit the terminal (shutil.get_terminal_size reads COLUMNS first): 80 columns here,
+    whatever terminal runs the tests."""
+    monkeypatch.setenv("COLUMNS", "80")
+
+
 def words(conn, n_tokens: int) -> str:
     """A text of exactly n_tokens tokens: ' w0 w1 ...' is two tokens a word for these words."""
     text = ""
@@ -100,9 +107,33 @@ def test_score_past_the_context(conn, runner, model):
 @pytest.mark.parametrize("data, shown", [
     (b" the", "␣the"), (b"  ", "␣␣"), (b".\n\n", ".\\n\\n"), (b"\t", "\\t"), (b"\xe2\x80", "\\xe2\\x80"),
     (" caf\u00e9".encode(), "␣caf\u00e9"), ("\u00a0".encode(), "\\u00a0"), ("\u4e16".encode(), "\u4e16"),
+    (b"\\n", "\\\\n"), (b"\\", "\\\\"),                       # a backslash is doubled: '\\n' is never a newline
+    ("\U000e0001".encode(), "\\U000e0001"), ("\u200b".encode(), "\\u200b"), (b"\x1b[", "\\u001b["),
+    ("\u0301".encode(), "\\u0301"), ("e\u0301".encode(), "e\u0301"),  # a mark with nothing to combine with
+    ("\u2423".encode(), "\\u2423"),                                   # a real '␣' is not a space
 ])
 def test_tokens_are_shown_with_spaces_and_newlines_visible(data, shown):
     assert label(data) == shown
+
+
+@pytest.mark.parametrize("text, columns, cut", [
+    ("\\u00a0\\u00a0", 8, "\\u00a0…"), ("ab\\xe2\\x80", 5, "ab…"), ("\\\\\\n", 3, "\\\\…"),
+    ("␣the", 4, "␣the"), ("世界世界", 5, "世界…"),
+])
+def test_a_cut_label_keeps_its_escapes_whole(text, columns, cut):
+    from gpt2sql.tables import fit, width
+
+    assert fit(text, columns).rstrip() == cut and width(fit(text, columns)) == columns
+
+
+def test_pictures_show_tokens_as_tables_do_and_never_cut_an_escape():
+    pytest.importorskip("matplotlib")
+    from gpt2sql.plots import _drawable
+
+    assert _drawable("␣the") == "␣the"
+    assert _drawable("\\u00a0" * 3, 10) == "\\u00a0…", "a whole escape, then '…'"
+    assert _drawable("世界", 20) == "\\u4e16\\u754c", "characters the font lacks as escapes"
+    assert _drawable("a" * 12 + "世", 12) == "a" * 11 + "…"
 
 
 # -- inspect: tables ----------------------------------------------------------------------
@@ -114,8 +145,8 @@ def attention(conn, model, text=TEXT):
 def test_inspect_attention_one_head_is_its_matrix(conn, runner, model):
     result = runner(["inspect", TEXT, "-m", model, "--attention", "--layer", "1", "--head", "2"])
     assert result.exit_code == 0, result.output
-    title, header, *lines = result.stdout.splitlines()
-    assert "layer 1, head 2" in title and header.split()[:2] == ["pos", "token"]
+    ((title, header, lines),) = blocks(result.stdout.splitlines())
+    assert "layer 1, head 2, keys 0-10" in title and header.split()[:2] == ["pos", "token"]
     weights = attention(conn, model)
     n = len(lines)
     assert n == len(conn.execute("SELECT gpt2.tokenize(%s)", (TEXT,)).fetchone()[0])
@@ -128,12 +159,11 @@ def test_inspect_attention_one_head_is_its_matrix(conn, runner, model):
 def test_inspect_attention_summary_has_every_layer_and_head(conn, runner, model):
     result = runner(["inspect", TEXT, "-m", model, "--attention"])
     assert result.exit_code == 0, result.output
-    blocks = result.stdout.strip().split("\n\n")
-    assert len(blocks) == 2, "one block per layer when --layer is not given"
+    shown = list(blocks(result.stdout.splitlines()))
+    assert len(shown) == 2, "one block per layer when --layer is not given (4 heads fit in 80 columns)"
     weights = attention(conn, model)
-    for layer, block in enumerate(blocks):
-        title, header, *lines = block.splitlines()
-        assert f"layer {layer}:" in title and header.split()[2:] == ["head", "0", "head", "1", "head", "2", "head", "3"]
+    for layer, (title, header, lines) in enumerate(shown):
+        assert f"layer {layer}, heads 0-3:" in title and header.split()[2:] == ["head", "0", "head", "1", "head", "2", "head", "3"]
         for q, line in enumerate(lines):
             cells = line.split()[2:]
             for head in range(4):
@@ -145,7 +175,7 @@ def test_inspect_logit_lens_table_equals_gpt2_logit_lens(conn, runner, model):
     result = runner(["inspect", TEXT, "-m", model, "--logit-lens", "--top", "2"])
     assert result.exit_code == 0, result.output
     title, header, *lines = result.stdout.splitlines()
-    assert "2 most likely" in title and header.split()[:3] == ["pos", "token", "layer"]
+    assert "the top 2 next tokens" in title and header.split()[:3] == ["pos", "token", "layer"]
     rows = conn.execute("SELECT l.layer, l.pos, l.prob, v.bytes FROM gpt2.logit_lens(%s, %s, 2) l "
                         "JOIN gpt2.vocab v ON v.id = l.token ORDER BY l.pos, l.layer, l.rank", (TEXT, model)).fetchall()
     assert len(lines) == len(rows) // 2 == 3 * 11, "one line per position and layer (0, 1, 2)"
@@ -208,6 +238,8 @@ def test_missing_matplotlib_is_one_line(runner, model, tmp_path, monkeypatch):
     (["inspect", TEXT, "--attention", "--top", "2"], 2, "--top goes with --logit-lens"),
     (["inspect", TEXT, "--attention", "--head", "-1"], 2, "--head"),
     (["score", TEXT, "--top", "21"], 2, "--top"),
+    (["inspect", TEXT, "--attention", "-o", "a.png", "--width", "80"], 2, "--width goes with a table"),
+    (["score", TEXT, "--width", "-1"], 2, "--width"),
 ])
 def test_bad_input(runner, model, args, code, fragment):
     one_line_error(runner([*args, *(["-m", model] if "--model" not in args else [])]), code, fragment)
@@ -218,3 +250,140 @@ def test_inspect_text_longer_than_the_context_is_one_line(conn, runner, model, v
     result = runner(["inspect", words(conn, CONTEXT + 1), "-m", model, view])
     one_line_error(result, 1, f"has {CONTEXT + 1} tokens; model 'glass' sees at most {CONTEXT}")
     assert " over " not in result.stderr, "no progress bar before the error"
+
+
+# -- tables fit the terminal ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def heads12(tmp_path_factory, runner):
+    """GPT-2's 12 heads (at a tiny width): the summary that printed 149 columns."""
+    config = dict(n_layer=2, n_embd=48, n_head=12, n_positions=CONTEXT)
+    directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("glass12"), **config, seed=32)
+    assert runner(["load", str(directory), "--name", "glass12"]).exit_code == 0
+    return "glass12"
+
+
+VIEWS = {
+    "score": ["score", TEXT], "score-top-20": ["score", TEXT, "--top", "20"],
+    "summary": ["inspect", TEXT, "--attention"], "matrix": ["inspect", 40, "--attention", "--head", "3"],
+    "lens": ["inspect", TEXT, "--logit-lens"], "lens-top-12": ["inspect", TEXT, "--logit-lens", "--top", "12"],
+}
+
+
+def table(conn, runner, model, view: str, columns: int | None, terminal: int = 80):
+    """The view's output at --width COLUMNS (None: not given, in a terminal TERMINAL wide)."""
+    args = [conn and words(conn, a) if isinstance(a, int) else a for a in VIEWS[view]]
+    args += ["-m", model] + ([] if columns is None else ["--width", str(columns)])
+    result = runner(args, env={"COLUMNS": str(terminal)})  # (shutil.get_terminal_size reads COLUMNS first)
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("columns", [None, 60, 100])
+def test_tables_fit_the_width(conn, runner, heads12, view, columns):
+    from gpt2sql.tables import width
+
+    lines = table(conn, runner, heads12, view, columns)
+    widest = max(width(line) for line in lines)
+    assert widest <= (columns or 80), "\n".join(line for line in lines if width(line) > (columns or 80))
+
+
+def test_width_follows_the_terminal_and_zero_is_no_limit(conn, runner, heads12):
+    from gpt2sql.tables import width
+
+    wide, narrow = (table(conn, runner, heads12, "summary", None, terminal=t) for t in (120, 80))
+    assert 80 < max(map(width, wide)) <= 120
+    assert len(list(blocks(wide))) == 4 and len(list(blocks(narrow))) == 6, "12 heads: 2 blocks of 6 a layer, or 3 of 4"
+    unlimited = table(conn, runner, heads12, "summary", 0)
+    assert max(map(width, unlimited)) > 140 and len([l for l in unlimited if l.startswith("model ")]) == 2, \
+        "one block per layer, every head on one line"
+
+
+def blocks(lines: list[str]):
+    """(title, header, rows) of each block; blocks are separated by blank lines, a title may
+    take more than one line."""
+    text = "\n".join(lines).strip()
+    for block in text.split("\n\n"):
+        block = block.splitlines()
+        h = next(i for i, line in enumerate(block) if line.split()[:2] == ["pos", "token"])
+        yield " ".join(block[:h]), block[h], block[h + 1:]
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_a_wrapped_summary_has_each_head_once(conn, runner, heads12, columns):
+    weights = attention(conn, heads12)
+    seen = {}
+    for title, header, rows in blocks(table(conn, runner, heads12, "summary", columns)):
+        layer = int(title.split("layer ")[1].split(",")[0])
+        heads = [int(h) for h in header.split()[2:][1::2]]
+        assert f"heads {heads[0]}-{heads[-1]}:" in title and header.split()[2::2] == ["head"] * len(heads)
+        for q, row in enumerate(rows):
+            cells = row.split()[2:]
+            assert int(row.split()[0]) == q and len(cells) == 2 * len(heads)
+            for h, key, weight in zip(heads, cells[::2], cells[1::2]):
+                assert (layer, h, q) not in seen
+                seen[layer, h, q] = int(key), float(weight)
+    n = len(rows)
+    assert set(seen) == {(l, h, q) for l in range(2) for h in range(12) for q in range(n)}
+    for (l, h, q), (key, weight) in seen.items():
+        row = [weights[l, h, q, k] for k in range(q + 1)]
+        assert key == row.index(max(row)) and weight == pytest.approx(max(row), abs=0.006)
+
+
+def test_a_wrapped_matrix_has_each_weight_once(conn, runner, heads12):
+    weights = attention(conn, heads12, words(conn, 40))
+    seen = {}
+    for title, header, rows in blocks(table(conn, runner, heads12, "matrix", 80)):
+        keys = [int(k) for k in header.split()[2:]]
+        assert "layer" in title and "head 3" in title and f"keys {keys[0]}-{keys[-1]}" in title
+        assert keys == list(range(keys[0], keys[-1] + 1))
+        for row in rows:
+            q, cells = int(row.split()[0]), row.split()[2:]
+            assert len(cells) == min(q, keys[-1]) - keys[0] + 1, "causal: keys up to the query"
+            for k, w in zip(keys, cells):
+                layer = int(title.split("layer ")[1].split(",")[0])
+                assert (layer, q, k) not in seen
+                seen[layer, q, k] = float(w)
+    assert set(seen) == {(l, q, k) for l in range(2) for q in range(40) for k in range(q + 1)}
+    for (l, q, k), w in seen.items():
+        assert w == pytest.approx(weights[l, 3, q, k], abs=0.006)
+
+
+def wrapped_cells(lines: list[str], first: str) -> list[tuple[str, list[str]]]:
+    """(the columns before the cells, the cells) of each table row, continuation lines joined;
+    the cells start where FIRST starts in the header."""
+    header = next(i for i, line in enumerate(lines) if first in line and line.lstrip().startswith("pos"))
+    start = lines[header].index(first)
+    rows = []
+    for line in lines[header + 1:]:
+        if line[:start].strip():
+            rows.append((line[:start], line[start:].split()))
+        else:
+            rows[-1][1].extend(line[start:].split())
+    return rows
+
+
+def test_a_wrapped_logit_lens_has_every_rank(conn, runner, heads12):
+    from gpt2sql.tables import cut
+
+    lines = table(conn, runner, heads12, "lens-top-12", 80)
+    got = wrapped_cells(lines, "top 12")
+    want = conn.execute("SELECT l.pos, l.layer, l.prob, v.bytes FROM gpt2.logit_lens(%s, %s, 12) l "
+                        "JOIN gpt2.vocab v ON v.id = l.token ORDER BY l.pos, l.layer, l.rank", (TEXT, heads12)).fetchall()
+    assert len(got) == len(want) // 12
+    for (before, cells), ranked in zip(got, [want[i:i + 12] for i in range(0, len(want), 12)]):
+        assert int(before.split()[-1]) == ranked[0][1], "the layer"
+        assert len(cells) == 24
+        for (shown, p), (_pos, _layer, prob, data) in zip(zip(cells[::2], cells[1::2]), ranked):
+            assert shown == cut(label(bytes(data)), len(shown) if shown.endswith("…") else 99)
+            assert float(p) == pytest.approx(prob, abs=0.006)
+
+
+def test_a_wrapped_score_has_every_alternative(conn, runner, heads12):
+    lines = table(conn, runner, heads12, "score-top-20", 80)
+    got = wrapped_cells(lines[:-1], "top 20")
+    want = conn.execute("SELECT alternatives FROM gpt2.score(%s, %s, 20) ORDER BY pos", (TEXT, heads12)).fetchall()
+    assert len(got) == len(want)
+    for (_before, cells), (alternatives,) in zip(got, want):
+        assert [float(c) for c in cells[1::2]] == pytest.approx([a["logprob"] for a in alternatives], abs=0.006)

@@ -4,7 +4,8 @@ Every shell line in README's code blocks runs through bash with GPT2SQL_DSN poin
 the test database, in a directory holding a small random checkpoint named my-gpt2-dir,
 except those that need what a test cannot have: the network (loading a hub name),
 Docker, or installing. Those are listed in NOT_RUN with the test that covers them. Every
-statement in README's SQL blocks runs too.
+statement in README's SQL blocks runs too, and what it returns is checked (SQL_CHECKS), against
+the NumPy reference (tests/reference.py) where there is one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import reference
 import synthetic
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -120,11 +123,79 @@ def test_readme_tokenize_examples_print_what_readme_says(dsn, workdir):
     assert checked >= 3
 
 
-def test_readme_sql_runs(dsn, workdir):
+def _greedy(conn, workdir, rows):
+    """gpt2.generate(..., max_tokens => 20, temperature => 0): 20 steps (fewer only at
+    <|endoftext|>), the reference's greedy tokens."""
+    hparams, params = reference.load(workdir / "my-gpt2-dir")
+    ids = conn.execute("SELECT gpt2.tokenize('Happy New Year! I wish')").fetchone()[0]
+    want = reference.generate_greedy(params, hparams, ids, 20)
+    got = [r[1] for r in rows]
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert got == want[:len(got)] and (len(got) == 20 or got[-1] == 50256), (got, want)
+
+
+def _trace(conn, workdir, rows):
+    steps = [r[2] for r in rows]
+    assert steps == list(range(len(rows))) and rows[-1][6] == ["ĠMississ", "ipp", "iless", "ly"]
+
+
+def _batch(conn, workdir, rows):
+    alone = [conn.execute("SELECT gpt2.complete(%s, max_tokens => 24, temperature => 0)", (body,)).fetchone()[0]
+             for body in ("Dear diary,", "The weather today", "def add(a, b):")]
+    assert sorted(rows) == [(1, alone[0]), (2, alone[1]), (3, alone[2])]
+
+
+def _attention(conn, workdir, rows):
+    n = len(conn.execute("SELECT gpt2.tokenize('The cat sat on the mat')").fetchone()[0])
+    assert len(rows) == n * (n + 1) // 2, "one row per query and each key up to it"
+    for q in range(n):
+        assert sum(r[4] for r in rows if r[2] == q) == pytest.approx(1, abs=1e-6)
+
+
+def _score(conn, workdir, rows):
+    hparams, params = reference.load(workdir / "my-gpt2-dir")
+    ids = conn.execute("SELECT gpt2.tokenize('The cat sat on the mat')").fetchone()[0]
+    logprobs, ranks = reference.score(params, hparams, ids)
+    assert np.allclose([r[2] for r in rows], logprobs, atol=1e-4) and [r[3] for r in rows] == ranks.tolist()
+    assert all(len(r[4]) == 3 for r in rows)
+
+
+def _perplexity(conn, workdir, rows):
+    hparams, params = reference.load(workdir / "my-gpt2-dir")
+    ids = conn.execute("SELECT gpt2.tokenize('The cat sat on the mat')").fetchone()[0]
+    assert rows[0][0] == pytest.approx(np.exp(-np.mean(reference.score(params, hparams, ids)[0])), rel=1e-4)
+
+
+# (a pattern of one README statement, what its rows must satisfy): each pattern must match
+SQL_CHECKS = [
+    (r"gpt2\.tokenize\('Hello world'\)", lambda conn, workdir, rows: rows == [([15496, 995],)]),
+    (r"gpt2\.detokenize\('\{15496,995\}'\)", lambda conn, workdir, rows: rows == [("Hello world",)]),
+    (r"gpt2\.tokenize_trace\(' Mississippilessly'\)", _trace),
+    (r"gpt2\.generate\('Happy New Year! I wish', max_tokens => 20, temperature => 0\)", _greedy),
+    (r"gpt2\.complete\('Happy New Year! I wish'.*seed => 42", lambda conn, workdir, rows: len(rows) == 1 and bool(rows[0][0])),
+    (r"FROM gpt2\.models", lambda conn, workdir, rows: ("readme", 2, 64, "float32") in rows),
+    (r"gpt2\.complete_batch\(", _batch),
+    (r"gpt2\.attention\('The cat sat on the mat'\) WHERE layer = 1 AND head = 2", _attention),
+    (r"gpt2\.logit_lens\('The cat sat on the mat', k => 1\) WHERE pos = 5",
+     lambda conn, workdir, rows: [r[0] for r in rows] == [0, 1, 2] and all(0 < r[2] <= 1 for r in rows)),
+    (r"gpt2\.score\('The cat sat on the mat', top => 3\)", _score),
+    (r"^SELECT gpt2\.perplexity\('The cat sat on the mat'\)$", _perplexity),
+    (r"gpt2\.perplexity\(body\)", lambda conn, workdir, rows: [r[0] for r in rows] == [1, 2] and all(r[1] > 1 for r in rows)),
+]
+
+
+def test_readme_sql_runs_and_returns_what_it_should(dsn, workdir):
     from gpt2sql import db
 
+    checked = set()
     with db.connect(dsn) as conn:   # a connection of its own: README's statements may create temporary tables
         for statement in sql_statements():
             cursor = conn.execute(statement)
-            if cursor.description is not None:
-                cursor.fetchall()
+            rows = cursor.fetchall() if cursor.description is not None else None
+            for pattern, check in SQL_CHECKS:
+                if re.search(pattern, statement, re.S):
+                    result = check(conn, workdir, rows)  # asserts, or says True / False
+                    assert result is None or result is True, f"README statement returned {rows!r}:\n{statement}"
+                    checked.add(pattern)
+    missing = [pattern for pattern, _ in SQL_CHECKS if pattern not in checked]
+    assert not missing, f"no README statement matches {missing}: README changed, update SQL_CHECKS"

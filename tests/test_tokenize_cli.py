@@ -25,22 +25,34 @@ def test_tokenize_reads_stdin_verbatim(runner):
 
 
 def test_tokenize_show(runner):
-    result = runner(["tokenize", "--show", "Hello world 😀\n"])
+    """Each token as score and inspect show it (gpt2sql.tables.label)."""
+    result = runner(["tokenize", "--show", "Hello world 😀\n\u00a0\\n"])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert lines[:2] == [' 15496  "Hello"', '   995  " world"']
-    assert lines[2].endswith('" \\xf0\\x9f\\x98"') and lines[3].endswith('"\\x80"')  # byte-split emoji
-    assert lines[4].endswith('"\\n"')
+    assert result.stdout.splitlines() == [
+        " 15496  Hello", "   995  ␣world",
+        " 30325  ␣\\xf0\\x9f\\x98", "   222  \\x80",  # a byte-split emoji
+        "   198  \\n", "  1849  \\u00a0", "    59  \\\\", "    77  n"]  # a newline; a backslash and an 'n'
 
 
-def test_tokenize_trace(runner):
+def test_tokenize_trace_shows_tokens_as_show_does(runner):
     result = runner(["tokenize", "--trace", " Mississippilessly"])
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert 'piece 1: " Mississippilessly"' in out
-    assert "i + s" in out and "ĠMiss + iss" in out
-    assert "ĠMississ ipp iless ly" in out
+    assert "Ġ" not in out, "the byte-level alphabet is SQL's, not the reader's"
+    assert out.splitlines()[0] == "piece 1: ␣Mississippilessly"
+    assert "i + s" in out and "␣Miss + iss" in out
+    assert out.splitlines()[-2].endswith("  ␣Mississ ipp iless ly")
     assert out.splitlines()[-1] == "ids: [12732, 3974, 30608, 306]"
+
+
+def test_tokenize_trace_of_bytes_and_newlines(runner, conn):
+    text = "é\n😀"
+    result = runner(["tokenize", "--trace", text])
+    assert result.exit_code == 0, result.output
+    pieces = [line for line in result.stdout.splitlines() if line.startswith("piece ")]
+    assert pieces == ["piece 1: é", "piece 2: \\n", "piece 3: 😀"]
+    firsts = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.lstrip().startswith("0 ")]
+    assert firsts == ["\\xc3 \\xa9", "\\n", "\\xf0 \\x9f \\x98 \\x80"], "step 0: one symbol per byte"
 
 
 def test_tokenize_refuses_nul(runner):

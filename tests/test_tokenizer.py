@@ -7,6 +7,7 @@ differs: where it came from, the first differing token position and both sides t
 from __future__ import annotations
 
 import functools
+import json
 import random
 import sysconfig
 from pathlib import Path
@@ -127,7 +128,7 @@ def chunks(label: str, text: str, rnd: random.Random, n: int) -> list[tuple[str,
 
 
 def corpus() -> list[tuple[str, str]]:
-    """(label, text): prose paragraphs and chunks, Python stdlib source, this repository."""
+    """(label, text): prose paragraphs and chunks, Python stdlib source, code chunks (frozen)."""
     rnd = random.Random(20240611)
     cases = []
     for path in sorted(CORPUS.glob("*.txt")):
@@ -139,9 +140,9 @@ def corpus() -> list[tuple[str, str]]:
     sources = sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py"))
     for path in rnd.sample(sources, min(60, len(sources))):
         cases += chunks(f"stdlib {path.relative_to(stdlib)}", path.read_text(encoding="utf-8", errors="replace"), rnd, 3)
-    mine = [p for d in ("cli", "loader", "sql", "tests", "bench") for p in sorted((ROOT / d).glob("*.[ps][yq]*"))]
-    for path in mine:
-        cases += chunks(f"repo {path.relative_to(ROOT)}", path.read_text(encoding="utf-8", errors="replace"), rnd, 2)
+    # code and SQL: chunks drawn once from this repository's files, frozen so that editing the
+    # project does not change the test's inputs
+    cases += [(f"repo {label}", text) for label, text in json.loads((CORPUS / "code_chunks.json").read_text(encoding="utf-8"))]
     return [(label, text.replace("\x00", "")) for label, text in cases]
 
 
@@ -163,6 +164,18 @@ def test_corpus_like_tiktoken(conn):
     cases = corpus()
     assert len(cases) >= 300
     assert_like_tiktoken(conn, cases)
+
+
+def test_corpus_does_not_change_with_this_repository(monkeypatch):
+    """Its inputs are frozen files under tests/data (and the standard library): editing the
+    project must not change what the parity test tokenizes."""
+    read = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: read.append(self) or real(self, *a, **k))
+    corpus()
+    ours = [p for p in read if ROOT in p.resolve().parents and CORPUS not in p.resolve().parents]
+    assert not ours, f"the corpus reads the repository's own files: {ours[:5]}"
+    assert any(CORPUS in p.resolve().parents for p in read)
 
 
 def test_long_words_like_tiktoken(conn):

@@ -6,8 +6,9 @@
 \set prompt ' Mississippilessly'
 \endif
 
--- Every merge: which adjacent pair was joined, its rank (= merged id - 256), and the pieces after it.
-SELECT * FROM gpt2.tokenize_trace(:'prompt');
+-- Every merge: which adjacent pair was joined, its rank (= merged id - 256), and the pieces
+-- after it (step 0 spells the piece in bytes).
+SELECT piece_no, step, pair, rank, merged_id, symbols FROM gpt2.tokenize_trace(:'prompt');
 
 -- The result, and back again (byte-exact).
 SELECT gpt2.tokenize(:'prompt') AS ids, gpt2.detokenize(gpt2.tokenize(:'prompt')) AS text;

@@ -8,7 +8,8 @@
 -- Greedy (temperature 0): the same tokens every time. One row per generated token.
 SELECT * FROM gpt2.generate(:'prompt', max_tokens => 20, temperature => 0);
 
--- Sampled, reproducibly: temperature 0.8, nucleus 0.95, a fixed seed; the text in one piece.
+-- Sampled, reproducibly: temperature 0.8, nucleus 0.95, a fixed seed; the text in one piece
+-- (a long line: psql's \pset format wrapped folds it to the terminal).
 SELECT :'prompt' || gpt2.complete(:'prompt', max_tokens => 20, temperature => 0.8, top_p => 0.95, seed => 42)
        AS continuation;
 

@@ -11,14 +11,18 @@ SELECT name, n_layer FROM gpt2.use_model();
 -- head: top 3 of softmax(ln_f(residual) @ wte^T) at every position. One run of the model.
 CREATE TEMPORARY TABLE lens AS SELECT * FROM gpt2.logit_lens(:'prompt', k => 3);
 
--- The top token at every layer, one row per position: how the prediction forms layer by
--- layer. Tokens in JSON quotes, so that spaces show ("\n" is a newline).
+-- The top token at every layer: how the prediction forms layer by layer. A row per position
+-- and run of 3 layers (GPT-2 124M has 13 of them, 0..12: one row would not fit a terminal).
+-- Tokens in JSON quotes, so that spaces show ("\n" is a newline).
 SELECT l.pos, to_json(gpt2.decode_bytes(v.bytes)) AS token,
+       CASE WHEN min(l.layer) = max(l.layer) THEN min(l.layer)::text
+            ELSE min(l.layer) || '-' || max(l.layer) END AS layers,
        string_agg(format('%s: %s %s', l.layer, to_json(l.text), round(l.prob::numeric, 2)), '  ' ORDER BY l.layer)
-           AS top_token_by_layer
+           AS top_token
 FROM lens l JOIN gpt2.vocab v ON v.id = (gpt2.tokenize(:'prompt'))[l.pos + 1]
 WHERE l.rank = 1
-GROUP BY l.pos, v.bytes ORDER BY l.pos;
+GROUP BY l.pos, v.bytes, l.layer / 3
+ORDER BY l.pos, min(l.layer);
 
 -- At the last position, the next token: the top 3 of each layer.
 SELECT layer, rank, token AS id, to_json(text) AS text, round(prob::numeric, 4) AS probability
