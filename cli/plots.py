@@ -157,3 +157,29 @@ def logit_lens(path: str, rows, token_labels: dict[int, str], labels: list[str],
         ax.set_title(f"Logit lens: model {model}\neach cell: the top token of softmax(ln_f(residual) @ wte)", fontsize=11)
         fig.colorbar(image, ax=ax, shrink=min(1.0, 5 / (n * cell_h)), pad=0.02, label="its probability")
         _save(fig, path)
+
+
+def loss_curve(path: str, log: list[tuple[int, float, float]], model: str, held_out=None, baselines=None) -> None:
+    """A training run's loss per step (gpt2.train_log rows: step, loss, lr), the learning rate
+    beneath it; held_out: optional (step, loss) points; baselines: {label: loss} drawn as lines."""
+    from matplotlib import rc_context
+
+    check_output(path)
+    steps, losses, lrs = zip(*log) if log else ((), (), ())
+    with rc_context(STYLE):
+        fig = _figure(8, 5)
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        top.plot(steps, losses, color="tab:blue", linewidth=1.2, label="training loss (each step's batch)")
+        if held_out:
+            top.plot(*zip(*held_out), "o-", color="tab:orange", markersize=4, label="held-out loss")
+        for (label, value), style in zip((baselines or {}).items(), ("--", ":", "-.")):
+            top.axhline(value, color="gray", linestyle=style, linewidth=1, label=label)
+        top.set_ylabel("loss (nats per token)")
+        top.set_title(f"{model}: training in SQL")
+        top.legend(fontsize=8)
+        top.grid(alpha=0.3)
+        bottom.plot(steps, lrs, color="tab:green", linewidth=1)
+        bottom.set_ylabel("learning rate")
+        bottom.set_xlabel("step")
+        bottom.grid(alpha=0.3)
+        _save(fig, path)

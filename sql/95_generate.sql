@@ -115,6 +115,17 @@ BEGIN
         RAISE EXCEPTION 'no generation in progress on this connection' USING HINT = 'call gpt2.generate_start(prompt, ...) first';
     END IF;
     SELECT * INTO m FROM gpt2.models WHERE name = s.model;
+    IF FOUND THEN
+        -- subtle: a drop or reload may be committing: wait for it on the model's wte (its DROP
+        --   SCHEMA holds it), then look again; the lock, held to the end of the step, keeps a
+        --   later drop from starting under it
+        BEGIN
+            EXECUTE format('LOCK TABLE %I.wte IN ACCESS SHARE MODE', m.schema_name);
+        EXCEPTION WHEN undefined_table OR invalid_schema_name THEN
+            NULL;
+        END;
+        SELECT * INTO m FROM gpt2.models WHERE name = s.model;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" was dropped during the generation', s.model;
     ELSIF m.loaded_at <> s.loaded_at THEN

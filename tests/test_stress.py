@@ -142,8 +142,6 @@ class PausedBeforeCommit:
         return result
 
 
-@pytest.mark.xfail(strict=True, reason="sql/95_generate.sql gpt2.require_generation reads gpt2.models before it "
-                   "locks the model's tables: a step that waits for them while a drop commits finds them gone")
 def test_a_step_waiting_on_a_drop_says_so(dsn, conn, runner, tmp_path):
     """A generation step that starts while drop_model commits: it must say the model was dropped,
     not 'relation "wte" does not exist'."""
