@@ -64,8 +64,8 @@ def _start(ctx, conn, model, query, file, into, replace, options) -> str:
 @click.option("--resume", is_flag=True, help="Go on with the run of --into (default MODEL-ft) from its last step.")
 @click.option("--steps", type=click.IntRange(1, INT4_MAX), default=100, show_default=True, help="AdamW steps.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=4, show_default=True, help="Blocks per step.")
-@click.option("--block-size", type=click.IntRange(2, INT4_MAX), default=128, show_default=True,
-              help="Tokens per block (at most the model's context).")
+@click.option("--block-size", type=click.IntRange(2, INT4_MAX),
+              help="Tokens per block, at most the model's context. Default: 128, or the context if shorter.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=6e-4, show_default=True, callback=_finite,
               help="Peak learning rate.")
 @click.option("--min-lr", type=click.FloatRange(0), callback=_finite, help="Learning rate at the end. Default: lr / 10.")

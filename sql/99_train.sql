@@ -23,8 +23,8 @@
 --   gpt2.gradient(texts, tensor, model)              d loss / d tensor, rows in the checkpoint's layout
 --   gpt2.gradient_summary(texts, model, top)         per tensor: the norm, and the rows that move most
 --   gpt2.train_step(model, texts, lr, ...)           one AdamW step in place
---   gpt2.copy_model(source, into, replace)           a copy to train (the source stays as it is)
---   gpt2.train_start(source, query, into, ...)       a training run over the text a query returns,
+--   gpt2.copy_model(source, target, replace)         a copy to train (the source stays as it is)
+--   gpt2.train_start(source, query, target, ...)     a training run over the text a query returns,
 --   gpt2.train_next(model) / CALL gpt2.train(model)  one step of it / all its steps, committing each
 --
 -- Training needs float32 weights and, for dx = dy @ W^T, each Conv1D weight and wte also
@@ -400,6 +400,7 @@ DECLARE
     started timestamptz := clock_timestamp();
     p record;
     norms jsonb;
+    msg text;
 BEGIN
     IF NOT (lr > 0 AND lr < 'Infinity') THEN RAISE EXCEPTION 'lr must be > 0 and finite, got %', lr; END IF;
     IF NOT (beta1 >= 0 AND beta1 < 1 AND beta2 >= 0 AND beta2 < 1) THEN
@@ -417,7 +418,13 @@ BEGIN
         RAISE EXCEPTION 'a generation is running on model "%" on another connection: train a copy, or wait', m.name;
     END IF;
     PERFORM gpt2.prepare_training();
-    loss := gpt2.loss_and_grads(seqs, positions, inputs, targets, true);
+    BEGIN
+        loss := gpt2.loss_and_grads(seqs, positions, inputs, targets, true);
+    EXCEPTION WHEN data_exception THEN                             -- overflow, NaN in a vector, ...
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'the forward or backward pass left the numbers (%): the step is not taken', msg
+            USING HINT = 'a lower lr, or clip, keeps the weights finite';
+    END;
     SELECT sqrt(sum(-(g.g <#> g.g))) INTO grad_norm FROM grads g;
     SELECT jsonb_object_agg(x.name, x.norm ORDER BY x.name) INTO norms
     FROM (SELECT g.name, sqrt(sum(-(g.g <#> g.g))) AS norm FROM grads g GROUP BY g.name) AS x;
@@ -457,5 +464,222 @@ BEGIN
     e := gpt2.lm_examples(texts, m);
     RETURN QUERY SELECT * FROM gpt2.adamw_step(e.seqs, e.positions, e.inputs, e.targets, lr, beta1, beta2, eps,
                                                weight_decay, clip);
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Training runs: fine-tuning on the text a query returns
+-- ---------------------------------------------------------------------------------------
+--   SELECT * FROM gpt2.train_start('gpt2', 'SELECT body FROM docs', target => 'gpt2-docs', steps => 200);
+--   CALL gpt2.train('gpt2-docs');           -- every step, each committed (psql: not in a transaction)
+--   SELECT * FROM gpt2.train_next('gpt2-docs');   -- or one step at a time (the CLI's progress bar)
+-- The text is tokenized in SQL, the documents joined with <|endoftext|> and cut into blocks of
+-- block_size tokens (each token predicted from the ones before it in the stream; the first
+-- block's first token from <|endoftext|>); an epoch visits the blocks in an order drawn from
+-- (seed, epoch), batch_size blocks a step. The learning rate warms up linearly over `warmup`
+-- steps, then decays along a cosine to min_lr at the last step (nanoGPT's schedule). Every step
+-- commits with the model's weights, AdamW's moments and the step count, so a run that stops
+-- anywhere goes on from its last step and ends with exactly the weights of a run that never
+-- stopped: the batch and the learning rate of step s are functions of s and the run's rows.
+
+CREATE TABLE IF NOT EXISTS gpt2.train_runs (
+    model        text PRIMARY KEY REFERENCES gpt2.models (name) ON DELETE CASCADE,
+    source       text NOT NULL,          -- the model it started from
+    query        text NOT NULL,
+    steps        int NOT NULL,
+    batch_size   int NOT NULL,
+    block_size   int NOT NULL,
+    lr           float8 NOT NULL,
+    min_lr       float8 NOT NULL,
+    warmup       int NOT NULL,
+    seed         bigint NOT NULL,
+    beta1        float8 NOT NULL,
+    beta2        float8 NOT NULL,
+    eps          float8 NOT NULL,
+    weight_decay float8 NOT NULL,
+    clip         float8,
+    n_blocks     int NOT NULL,
+    n_tokens     int NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS gpt2.train_blocks (
+    model    text NOT NULL REFERENCES gpt2.train_runs (model) ON DELETE CASCADE,
+    block    int NOT NULL,
+    inputs   int[] NOT NULL,
+    targets  int[] NOT NULL,
+    PRIMARY KEY (model, block)
+);
+
+-- A copy of model `source` named `target`, to train while the source stays as it is (replace: a
+-- model of that name is dropped first). The same weights, a step count of 0, no moments.
+CREATE OR REPLACE FUNCTION gpt2.copy_model(source text, target text, replace boolean DEFAULT false) RETURNS gpt2.models
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.use_model(source, true);
+    schema text := 'model_' || regexp_replace(lower(target), '[^a-z0-9_]', '_', 'g');   -- (loader/model.py schema_for)
+    staging text := 'model~' || substr(schema, 7);
+    clash text;
+    t text;
+BEGIN
+    IF target IS NULL OR target !~ '^[A-Za-z0-9][A-Za-z0-9._-]*$' THEN
+        RAISE EXCEPTION 'invalid model name "%": use letters, digits, ''.'', ''_'' and ''-'', starting with a letter or digit', target;
+    ELSIF octet_length(schema) > current_setting('max_identifier_length')::int THEN
+        RAISE EXCEPTION 'model name "%" is too long for its schema name', target;
+    ELSIF target = source THEN
+        RAISE EXCEPTION 'a copy of "%" needs another name', source;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('gpt2sql load'), hashtext(schema));   -- (as the loader's loads)
+    SELECT name INTO clash FROM gpt2.models WHERE schema_name = schema;
+    IF clash IS NOT NULL AND NOT (replace AND clash = target) THEN
+        RAISE EXCEPTION 'model "%" exists', clash
+            USING HINT = CASE WHEN clash = target THEN 'choose another name, or replace it' ELSE 'choose another name: they share a schema' END;
+    END IF;
+    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', staging);
+    PERFORM gpt2.create_model_tables(staging, m.dtype);
+    FOREACH t IN ARRAY ARRAY['wte', 'wpe', 'ln', 'conv1d'] LOOP
+        EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', staging, t, m.schema_name, t);
+    END LOOP;
+    PERFORM gpt2.finish_model_tables(staging);
+    DELETE FROM gpt2.models WHERE name = target;
+    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', schema);
+    EXECUTE format('ALTER SCHEMA %I RENAME TO %I', staging, schema);
+    INSERT INTO gpt2.models (name, schema_name, n_layer, n_head, n_embd, n_inner, n_positions, n_vocab,
+                             layer_norm_epsilon, dtype, source, layout)
+    VALUES (target, schema, m.n_layer, m.n_head, m.n_embd, m.n_inner, m.n_positions, m.n_vocab,
+            m.layer_norm_epsilon, m.dtype, format('copy of %s (%s, step %s)', m.name, m.source, m.step), m.layout)
+    RETURNING * INTO m;
+    RETURN m;
+END
+$$;
+
+-- A training run: the copy (target NULL: source || '-ft'; target = source: train the source itself),
+-- and the blocks of the query's text (its first column, one document per row). block_size NULL:
+-- 128 tokens, or the model's context if it is shorter.
+CREATE OR REPLACE FUNCTION gpt2.train_start(
+    source text, query text, target text DEFAULT NULL, steps int DEFAULT 100, batch_size int DEFAULT 4,
+    block_size int DEFAULT NULL, lr float8 DEFAULT 6e-4, min_lr float8 DEFAULT NULL, warmup int DEFAULT 10,
+    seed bigint DEFAULT 0, weight_decay float8 DEFAULT 0.1, clip float8 DEFAULT 1.0, beta1 float8 DEFAULT 0.9,
+    beta2 float8 DEFAULT 0.95, eps float8 DEFAULT 1e-8, replace boolean DEFAULT false)
+RETURNS TABLE (model text, blocks int, tokens int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.use_model(source, true);
+    docs text[];
+    stream int[];
+    msg text;
+BEGIN
+    target := coalesce(target, source || '-ft');
+    block_size := coalesce(block_size, least(128, m.n_positions));
+    IF query IS NULL OR btrim(query) = '' THEN RAISE EXCEPTION 'no query given: a query that returns text, one document per row'; END IF;
+    IF steps IS NULL OR steps < 1 THEN RAISE EXCEPTION 'steps must be >= 1, got %', steps; END IF;
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > gpt2.batch_limit() THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and %, got %', gpt2.batch_limit(), batch_size;
+    END IF;
+    IF block_size IS NULL OR block_size < 2 OR block_size > m.n_positions THEN
+        RAISE EXCEPTION 'block_size must be between 2 and % (the context of model "%"), got %', m.n_positions, m.name, block_size;
+    END IF;
+    IF NOT (lr > 0 AND lr < 'Infinity') THEN RAISE EXCEPTION 'lr must be > 0 and finite, got %', lr; END IF;
+    IF min_lr IS NOT NULL AND NOT (min_lr >= 0 AND min_lr <= lr) THEN RAISE EXCEPTION 'min_lr must be between 0 and lr, got %', min_lr; END IF;
+    IF warmup IS NULL OR warmup < 0 THEN RAISE EXCEPTION 'warmup must be >= 0, got %', warmup; END IF;
+    PERFORM gpt2.require_float32(m);
+    BEGIN                                                          -- the documents, by the user's query
+        EXECUTE format('SELECT array_agg(q.t::text) FROM (%s) AS q(t)', query) INTO docs;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'the query failed: %', msg;
+    END;
+    stream := ARRAY(SELECT t FROM unnest(docs) WITH ORDINALITY AS d(doc, k),
+                                  LATERAL unnest(gpt2.tokenize(d.doc) || gpt2.eos_id()) WITH ORDINALITY AS u(t, j)
+                    WHERE d.doc IS NOT NULL AND d.doc <> '' ORDER BY d.k, u.j);
+    IF cardinality(stream) = 0 THEN
+        RAISE EXCEPTION 'the query returned no text to train on';
+    END IF;
+    IF target <> source THEN
+        PERFORM gpt2.copy_model(source, target, replace);
+    ELSIF EXISTS (SELECT FROM gpt2.train_runs r WHERE r.model = target) AND NOT replace THEN
+        RAISE EXCEPTION 'model "%" has a training run already', target USING HINT = 'go on with gpt2.train_next, or replace it';
+    END IF;
+    DELETE FROM gpt2.train_runs r WHERE r.model = target;
+    INSERT INTO gpt2.train_runs (model, source, query, steps, batch_size, block_size, lr, min_lr, warmup, seed, beta1, beta2,
+                                 eps, weight_decay, clip, n_blocks, n_tokens)
+    VALUES (target, source, query, steps, batch_size, block_size, lr, coalesce(min_lr, lr / 10), warmup, seed, beta1, beta2,
+            eps, weight_decay, clip, (cardinality(stream) + block_size - 1) / block_size, cardinality(stream));
+    INSERT INTO gpt2.train_blocks (model, block, inputs, targets)       -- block b: tokens b*B .. b*B+B-1 of the stream
+    SELECT target, b, ARRAY[coalesce(stream[b * block_size], gpt2.eos_id())]
+                      || stream[b * block_size + 1 : least((b + 1) * block_size, cardinality(stream)) - 1],
+           stream[b * block_size + 1 : (b + 1) * block_size]
+    FROM generate_series(0, (cardinality(stream) - 1) / block_size) AS b;
+    RETURN QUERY SELECT r.model, r.n_blocks, r.n_tokens FROM gpt2.train_runs r WHERE r.model = target;
+END
+$$;
+
+-- The learning rate of step s (0-based) of a run: linear warmup, then a cosine down to min_lr.
+CREATE OR REPLACE FUNCTION gpt2.train_lr(r gpt2.train_runs, s int) RETURNS float8
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN s < r.warmup THEN r.lr * (s + 1) / (r.warmup + 1)
+                WHEN r.steps <= r.warmup + 1 THEN r.lr
+                ELSE r.min_lr + 0.5 * (1 + cos(pi() * (s - r.warmup)::float8 / (r.steps - 1 - r.warmup))) * (r.lr - r.min_lr) END
+$$;
+
+-- The blocks of step s: examples s*batch_size .. of the shuffled epochs.
+CREATE OR REPLACE FUNCTION gpt2.train_batch(r gpt2.train_runs, s int) RETURNS int[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(o.block ORDER BY k.k)
+    FROM generate_series(s * r.batch_size, s * r.batch_size + r.batch_size - 1) AS k(k),
+         LATERAL (SELECT b.block FROM generate_series(0, r.n_blocks - 1) AS b(block)
+                  ORDER BY md5(concat_ws(':', r.seed, k.k / r.n_blocks, b.block)), b.block
+                  OFFSET k.k % r.n_blocks LIMIT 1) AS o
+$$;
+
+-- The next step of a run (none when it is done): (step, loss, lr, grad_norm, steps).
+CREATE OR REPLACE FUNCTION gpt2.train_next(model text)
+RETURNS TABLE (step int, loss float8, lr float8, grad_norm float8, steps int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m gpt2.models := gpt2.use_model(model, true);
+    r gpt2.train_runs;
+    blocks int[];
+    lengths int[];
+    s record;
+BEGIN
+    SELECT * INTO r FROM gpt2.train_runs t WHERE t.model = m.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" has no training run', m.name USING HINT = 'start one: gpt2.train_start(source, query, target)';
+    END IF;
+    IF m.step >= r.steps THEN
+        RETURN;
+    END IF;
+    blocks := gpt2.train_batch(r, m.step);
+    SELECT array_agg(cardinality(b.targets) ORDER BY k.k) INTO lengths
+    FROM unnest(blocks) WITH ORDINALITY AS k(block, k) JOIN gpt2.train_blocks b ON b.model = m.name AND b.block = k.block;
+    SELECT * INTO s FROM gpt2.scratch_seqs(lengths);
+    lr := gpt2.train_lr(r, m.step);
+    SELECT a.step, a.loss, a.grad_norm INTO step, loss, grad_norm
+    FROM gpt2.adamw_step(s.seqs, s.positions,
+                         ARRAY(SELECT x FROM unnest(blocks) WITH ORDINALITY AS k(block, k)
+                               JOIN gpt2.train_blocks b ON b.model = m.name AND b.block = k.block,
+                               unnest(b.inputs) WITH ORDINALITY AS u(x, j) ORDER BY k.k, u.j),
+                         ARRAY(SELECT x FROM unnest(blocks) WITH ORDINALITY AS k(block, k)
+                               JOIN gpt2.train_blocks b ON b.model = m.name AND b.block = k.block,
+                               unnest(b.targets) WITH ORDINALITY AS u(x, j) ORDER BY k.k, u.j),
+                         lr, r.beta1, r.beta2, r.eps, r.weight_decay, r.clip) AS a;
+    steps := r.steps;
+    RETURN NEXT;
+END
+$$;
+
+-- Every remaining step of a run, each committed as it ends.
+CREATE OR REPLACE PROCEDURE gpt2.train(model text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+BEGIN
+    LOOP
+        SELECT * INTO s FROM gpt2.train_next(model);
+        EXIT WHEN NOT FOUND;
+        RAISE NOTICE 'step %/%: loss %, lr %', s.step, s.steps, round(s.loss::numeric, 4), s.lr;
+        COMMIT;
+    END LOOP;
 END
 $$;

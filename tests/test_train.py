@@ -122,3 +122,188 @@ def test_twenty_adamw_steps_match_torch(conn, runner, tmp_path):
             f"the most by {diff.max():.3g} at {np.unravel_index(diff.argmax(), diff.shape)}")
     log = conn.execute("SELECT count(*), min(step), max(step) FROM gpt2.train_log WHERE model = 'adam-tiny'").fetchone()
     assert log == (20, 1, 20)
+
+
+def weights(conn, model):
+    from gpt2sql.loader.export import tensors
+
+    return tensors(conn, model)[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, runner):
+    directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("run"), **synthetic.CONFIGS["tiny"], seed=13)
+    assert runner(["load", str(directory), "--name", "run-src"]).exit_code == 0
+    return directory
+
+
+DOCS = "SELECT body FROM (VALUES (1, 'It is a truth universally acknowledged.'), (2, 'The cat sat on the mat, and the dog did not.'), (3, 'One, two, three, four, five, six.')) AS d(k, body) ORDER BY k"
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(dsn, conn, tiny_model):
+    """Every step commits: a backend killed in the middle of a step leaves the last completed
+    one, and going on from it ends with exactly (bit for bit) the weights of a run that never stopped."""
+    import threading
+    import time
+
+    import psycopg
+
+    from gpt2sql import db
+
+    args = dict(steps=4, batch_size=2, block_size=8, lr=1e-3, warmup=1, seed=7)
+    options = ", ".join(f"{k} => {v}" for k, v in args.items())
+    conn.execute(f"SELECT * FROM gpt2.train_start('run-src', %s, 'run-straight', {options})", (DOCS,))
+    conn.execute("CALL gpt2.train('run-straight')")
+    straight = weights(conn, "run-straight")
+
+    conn.execute(f"SELECT * FROM gpt2.train_start('run-src', %s, 'run-killed', {options})", (DOCS,))
+    conn.execute("SELECT * FROM gpt2.train_next('run-killed')")
+    with db.connect(dsn) as victim:
+        pid = victim.info.backend_pid
+        failed = []
+
+        def step():
+            try:
+                victim.execute("SELECT * FROM gpt2.train_next('run-killed')")
+            except psycopg.Error as e:
+                failed.append(e)
+
+        worker = threading.Thread(target=step)
+        worker.start()
+        time.sleep(0.3)  # inside the second step
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        worker.join(60)
+    assert failed, "the step ended before the kill: the test shows nothing"
+    assert conn.execute("SELECT step FROM gpt2.models WHERE name = 'run-killed'").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM gpt2.train_log WHERE model = 'run-killed'").fetchone()[0] == 1
+    conn.execute("CALL gpt2.train('run-killed')")
+    resumed = weights(conn, "run-killed")
+    for name, w in straight.items():
+        assert np.array_equal(w, resumed[name]), f"{name} differs after resuming"
+    src = weights(conn, "run-src")
+    assert not np.array_equal(src["wte.weight"], straight["wte.weight"])
+    original = reference.flat(reference.load(tiny_model, dtype=np.float32)[1])
+    assert all(np.array_equal(original[k], src[k]) for k in original), "training a copy changed the source"
+
+
+@pytest.mark.parametrize("call, message", [
+    ("gpt2.train_start('run-src', 'SELECT 1 WHERE false', 'bad')", "no text to train on"),
+    ("gpt2.train_start('run-src', 'SELECT nosuchcolumn FROM pg_class', 'bad')", "the query failed"),
+    ("gpt2.train_start('run-src', '', 'bad')", "no query given"),
+    ("gpt2.train_start('run-src', 'SELECT ''hi''', 'bad', block_size => 65)", "block_size must be between 2 and 64"),
+    ("gpt2.train_start('run-src', 'SELECT ''hi''', 'bad', block_size => 1)", "block_size must be between 2 and 64"),
+    ("gpt2.train_start('run-src', 'SELECT ''hi''', 'bad', lr => 0)", "lr must be > 0"),
+    ("gpt2.train_start('run-src', 'SELECT ''hi''', 'bad', lr => 'NaN')", "lr must be > 0"),
+    ("gpt2.train_step('run-src', ARRAY['hi'], -1)", "lr must be > 0"),
+    ("gpt2.train_step('run-src', '{}', 1e-3)", "no texts given"),
+    ("gpt2.train_step(NULL, ARRAY['hi'], 1e-3)", "name the model to train"),
+    ("gpt2.gradient(ARRAY['hi'], 'h.9.ln_1.weight', 'run-src')", 'has no parameter "h.9.ln_1.weight"'),
+    ("gpt2.loss(ARRAY[repeat('a b ', 100)], 'run-src')", "sees at most 64"),
+])
+def test_bad_training_input_gets_one_line_and_changes_nothing(conn, tiny_model, call, message):
+    import psycopg
+
+    before = conn.execute("SELECT count(*) FROM gpt2.models").fetchone()[0]
+    with pytest.raises(psycopg.errors.RaiseException) as e:
+        conn.execute(f"SELECT * FROM {call}")
+    assert message in e.value.diag.message_primary, e.value.diag.message_primary
+    assert conn.execute("SELECT count(*) FROM gpt2.models").fetchone()[0] == before
+    assert conn.execute("SELECT step FROM gpt2.models WHERE name = 'run-src'").fetchone()[0] == 0
+
+
+def test_a_copy_is_refused_over_an_existing_model_unless_replaced(conn, tiny_model):
+    import psycopg
+
+    conn.execute("SELECT gpt2.copy_model('run-src', 'run-copy', true)")
+    with pytest.raises(psycopg.errors.RaiseException, match='model "run-copy" exists'):
+        conn.execute("SELECT gpt2.copy_model('run-src', 'run-copy')")
+    conn.execute("SELECT gpt2.copy_model('run-src', 'run-copy', true)")
+
+
+def test_a_loss_that_is_not_finite_takes_no_step(conn, tiny_model):
+    """A learning rate that blows the weights up: the step whose loss is NaN or infinite is refused."""
+    import psycopg
+
+    conn.execute("SELECT gpt2.copy_model('run-src', 'run-nan', true)")
+    with pytest.raises(psycopg.errors.RaiseException, match="the step is not taken"):  # NaN, or an overflow
+        for _ in range(5):
+            conn.execute("SELECT * FROM gpt2.train_step('run-nan', ARRAY['hello there'], 1e30, clip => NULL)")
+    step = conn.execute("SELECT step FROM gpt2.models WHERE name = 'run-nan'").fetchone()[0]
+    assert conn.execute("SELECT max(step) FROM gpt2.train_log WHERE model = 'run-nan'").fetchone()[0] == step
+
+
+def test_a_float16_model_is_refused_with_the_way_out(conn, runner, tmp_path):
+    import psycopg
+
+    directory = synthetic.write_checkpoint(tmp_path, **synthetic.CONFIGS["tiny"], seed=14)
+    assert runner(["load", str(directory), "--name", "run-half", "--dtype", "float16"]).exit_code == 0
+    with pytest.raises(psycopg.errors.RaiseException) as e:
+        conn.execute("SELECT * FROM gpt2.train_step('run-half', ARRAY['hi'], 1e-3)")
+    assert "training needs float32 weights" in e.value.diag.message_primary
+    assert "--dtype float32" in e.value.diag.message_hint
+
+
+def test_a_trained_model_exports_loads_generates_and_scores_as_a_loaded_one(conn, runner, tiny_model, tmp_path):
+    """gpt2sql export writes what transformers loads (the same logits), and the exported
+    checkpoint, loaded again, generates and scores exactly as the model it came from."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import GPT2LMHeadModel
+
+    conn.execute("SELECT gpt2.copy_model('run-src', 'run-exp', true)")
+    for _ in range(2):
+        conn.execute("SELECT * FROM gpt2.train_step('run-exp', ARRAY['Hello world, again and again.'], 1e-2)")
+    result = runner(["export", "run-exp", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    ids = [464, 2068, 7586, 21831, 18045]
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "out", torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits[0].numpy()
+    rows = conn.execute("SELECT pos, token, logit FROM gpt2.forward(%s, 'run-exp')", (ids,)).fetchall()
+    got = np.zeros_like(expected)
+    pos, token, logit = (np.array(c) for c in zip(*rows))
+    got[pos, token] = logit
+    assert_close("trained model's logits vs transformers on its export", got, expected, 1e-4)
+
+    assert runner(["load", str(tmp_path / "out"), "--name", "run-exp-loaded"]).exit_code == 0
+    generate = "SELECT array_agg(id ORDER BY step) FROM gpt2.generate('Once upon', %s, max_tokens => 8, temperature => 0)"
+    assert conn.execute(generate, ("run-exp",)).fetchone() == conn.execute(generate, ("run-exp-loaded",)).fetchone()
+    score = "SELECT array_agg(logprob ORDER BY pos) FROM gpt2.score('Once upon a time', %s)"
+    assert conn.execute(score, ("run-exp",)).fetchone() == conn.execute(score, ("run-exp-loaded",)).fetchone()
+
+
+def test_the_cli_trains_resumes_and_draws(runner, conn, tiny_model, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                    "must be in want of a wife.\n" * 3)
+    result = runner(["train", "run-src", "--file", str(text), "--into", "run-cli", "--steps", "2", "--batch-size", "2",
+                     "--block-size", "16", "--replace", "-o", str(tmp_path / "loss.png")])
+    assert result.exit_code == 0, result.output
+    assert "run-cli: step 2/2, loss" in result.output and (tmp_path / "loss.png").stat().st_size > 1000
+    result = runner(["train", "run-src", "--into", "run-cli", "--resume"])
+    assert result.exit_code == 0 and "all 2 steps are done" in result.output, result.output
+    assert conn.execute("SELECT count(*) FROM gpt2.train_log WHERE model = 'run-cli'").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["train", "run-src"], 2, "give --query SQL or --file PATH"),
+    (["train", "run-src", "--query", "SELECT 'a'", "--file", "x"], 2, "give --query SQL or --file PATH"),
+    (["train", "run-src", "--file", "/nonexistent/text.txt", "--into", "run-bad"], 1, "cannot read"),
+    (["train", "run-src", "--query", "SELECT 'x'", "--into", "run-src-ft2", "--lr", "0"], 2, "--lr"),
+    (["train", "run-src", "--into", "nothing-here", "--resume"], 1, "has no training run to resume"),
+    (["export", "no-such-model", "/tmp/x"], 1, "no model named 'no-such-model'"),
+])
+def test_bad_cli_training_input_gets_one_line(runner, tiny_model, args, code, message):
+    result = runner(args)
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+    if code == 1:
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+
+
+def test_init_makes_a_model_that_predicts_every_token_about_equally(runner, conn):
+    result = runner(["init", "run-scratch", "--layers", "1", "--heads", "2", "--width", "32", "--context", "32"])
+    assert result.exit_code == 0, result.output
+    loss = conn.execute("SELECT gpt2.loss(ARRAY['It is a truth universally acknowledged.'], 'run-scratch')").fetchone()[0]
+    assert abs(loss - np.log(50257)) < 0.05, loss
