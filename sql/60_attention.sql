@@ -59,7 +59,8 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT (pos + 1 + layer * gpt2.kv_fold_every() / n_layer) % gpt2.kv_fold_every() = 0
 $$;
 
-CREATE OR REPLACE FUNCTION gpt2.kv_reset() RETURNS void
+-- An empty cache (made on first use). gpt2.kv_reset (stage 10) is the public form.
+CREATE OR REPLACE FUNCTION gpt2.kv_clear() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF to_regclass('pg_temp.kv_k') IS NULL THEN
@@ -84,7 +85,7 @@ CREATE OR REPLACE FUNCTION gpt2.kv_drop(seqs int[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF to_regclass('pg_temp.kv_k') IS NULL THEN
-        PERFORM gpt2.kv_reset();
+        PERFORM gpt2.kv_clear();
     END IF;
     DELETE FROM kv_k WHERE seq = ANY(seqs);
     DELETE FROM kv_v WHERE seq = ANY(seqs);
@@ -100,7 +101,7 @@ DECLARE
     dh int := m.n_embd / m.n_head;                                 -- d_head
 BEGIN
     IF to_regclass('pg_temp.kv_k') IS NULL THEN
-        PERFORM gpt2.kv_reset();
+        PERFORM gpt2.kv_clear();
     END IF;
     INSERT INTO kv_k (seq, layer, head, pos, k)                    -- [n, n_head] keys
     SELECT u.s, kv_keys.layer, h, u.p, subvector(u.x, m.n_embd + h * dh + 1, dh)

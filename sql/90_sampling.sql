@@ -38,7 +38,8 @@ BEGIN
         SELECT (u.t - 1)::int AS token, u.l AS logit FROM unnest(logits) WITH ORDINALITY AS u(l, t)
         ORDER BY u.l DESC, u.t LIMIT top_k
     ), scaled AS (                                      -- exp((logit - max) / T); the max is in `top`
-        SELECT t.token, t.logit, exp(greatest((t.logit - max(t.logit) OVER ()) / temperature, -700)) AS e
+        -- subtle: clamp before dividing: (logit - max) / 1e-308 overflows float8
+        SELECT t.token, t.logit, exp(greatest(t.logit - max(t.logit) OVER (), -700 * temperature) / temperature) AS e
         FROM top t
     ), cumulative AS (                                  -- one pass in rank order: running and total mass
         SELECT t.token, t.logit, t.e, row_number() OVER w AS rank, sum(t.e) OVER w AS cum, sum(t.e) OVER () AS z

@@ -25,8 +25,9 @@
 --                        the last token of a generation costs no forward pass).
 -- Context window: a model sees at most n_positions tokens. When feeding the next token
 -- would pass that, the window slides: the cache is rebuilt from the last n_positions / 2
--- tokens (one prefill) and decoding goes on. A prompt longer than n_positions starts from
--- its last n_positions tokens. tests/reference.py generate_greedy follows the same rule.
+-- tokens (one prefill) and decoding goes on. A prompt longer than n_positions starts as if
+-- it had slid there: from its last n_positions / 2 tokens (a whole window would be thrown
+-- away after one token). tests/reference.py generate_greedy follows the same rule.
 -- A seed means the same alone or in a batch: prompt i draws from gpt2.uniform(seed, step).
 
 CREATE OR REPLACE FUNCTION gpt2.eos_id() RETURNS int
@@ -38,6 +39,90 @@ $$;
 -- for more, call once per slice of prompts (README: "Many prompts at once").
 CREATE OR REPLACE FUNCTION gpt2.batch_limit() RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT 64 $$;
+
+-- Whether a generation is in progress on this connection (a prompt not done).
+CREATE OR REPLACE FUNCTION gpt2.generating() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    going boolean := false;
+BEGIN
+    IF to_regclass('pg_temp.gen_seq') IS NOT NULL THEN      -- (dynamic: the table comes and goes)
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_temp.gen_seq WHERE NOT done)' INTO going;
+    END IF;
+    RETURN going;
+END
+$$;
+
+-- End this connection's generation: its cache, its hold on the model, and (unless finished: its
+-- rows then say so to generate_next) its state.
+-- subtle: a generation holds a shared lock on its model for as long as it lasts (session level,
+--   so between its steps too): a training step on that model (stage 12) takes the lock
+--   exclusively, so it refuses to change weights under a generation of another connection.
+CREATE OR REPLACE FUNCTION gpt2.generation_end(finished boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    key int;
+BEGIN
+    IF to_regclass('pg_temp.gen_seq') IS NOT NULL THEN
+        EXECUTE 'SELECT lock_key FROM pg_temp.gen_seq LIMIT 1' INTO key;   -- (dynamic: the table is made later)
+        IF key IS NOT NULL THEN
+            PERFORM pg_advisory_unlock_shared(hashtext('gpt2sql generate'), key);
+            EXECUTE 'UPDATE pg_temp.gen_seq SET lock_key = NULL';
+        END IF;
+        IF NOT finished THEN
+            TRUNCATE pg_temp.gen_seq;
+        END IF;
+    END IF;
+    PERFORM gpt2.kv_clear();
+END
+$$;
+
+-- Empty this connection's KV cache: a generation in progress ends with it (and says so).
+CREATE OR REPLACE FUNCTION gpt2.kv_reset() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF gpt2.generating() THEN
+        RAISE NOTICE 'gpt2.kv_reset ended the generation in progress on this connection';
+    END IF;
+    PERFORM gpt2.generation_end();
+END
+$$;
+
+-- The single-statement generations (gpt2.generate, complete, generate_batch, complete_batch)
+-- run in tables of their own: a streaming generation in progress on the connection (its state
+-- and cache) is set aside while they run and comes back after, as it was.
+CREATE OR REPLACE FUNCTION gpt2.generation_aside() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
+BEGIN
+    IF NOT gpt2.generating() THEN
+        RETURN false;
+    END IF;
+    -- subtle: their keys too: kv_append names kv_vt's (ON CONFLICT ON CONSTRAINT kv_vt_pkey)
+    FOREACH t IN ARRAY ARRAY['gen_seq', 'kv_k', 'kv_v', 'kv_vt'] LOOP
+        EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', t, t || '_aside');
+        EXECUTE format('ALTER INDEX pg_temp.%I RENAME TO %I', t || '_pkey', t || '_aside_pkey');
+    END LOOP;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.generation_back(aside boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
+BEGIN
+    PERFORM gpt2.generation_end();
+    IF aside THEN
+        FOREACH t IN ARRAY ARRAY['gen_seq', 'kv_k', 'kv_v', 'kv_vt'] LOOP
+            EXECUTE format('DROP TABLE pg_temp.%I', t);
+            EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', t || '_aside', t);
+            EXECUTE format('ALTER INDEX pg_temp.%I RENAME TO %I', t || '_aside_pkey', t || '_pkey');
+        END LOOP;
+    END IF;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION gpt2.generate_batch_start(
     prompts text[], model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
@@ -66,17 +151,22 @@ BEGIN
     END IF;
     m := gpt2.use_model(model, true);
 
+    IF gpt2.generating() THEN
+        RAISE NOTICE 'a new generation replaces the one in progress on this connection';
+    END IF;
+    PERFORM gpt2.generation_end();
     IF to_regclass('pg_temp.gen_seq') IS NULL THEN
         CREATE TEMPORARY TABLE gen_seq (
-            seq int PRIMARY KEY, model text, loaded_at timestamptz, model_step int, ids int[], window_start int, n_cached int,
-            pending int, x vector, step int, max_tokens int, temperature float8, top_k int, top_p float8,
-            seed bigint, stop text[], top_logprobs int, generated bytea, done boolean);
+            seq int PRIMARY KEY, model text, loaded_at timestamptz, model_step int, lock_key int, ids int[],
+            window_start int, n_cached int, pending int, x vector, step int, max_tokens int, temperature float8,
+            top_k int, top_p float8, seed bigint, stop text[], top_logprobs int, generated bytea, done boolean);
     END IF;
-    TRUNCATE gen_seq;
-    PERFORM gpt2.kv_reset();
+    PERFORM pg_advisory_lock_shared(hashtext('gpt2sql generate'), hashtext(m.schema_name));   -- (gpt2.generation_end)
     INSERT INTO gen_seq
-    SELECT p.i - 1, m.name, m.loaded_at, m.step, t.ids,
-           greatest(1, cardinality(t.ids) - m.n_positions + 1), 0, NULL, NULL,   -- nothing cached yet
+    SELECT p.i - 1, m.name, m.loaded_at, m.step, hashtext(m.schema_name), t.ids,
+           -- a prompt longer than the window starts as the window would slide (see the header)
+           CASE WHEN cardinality(t.ids) > m.n_positions THEN cardinality(t.ids) - m.n_positions / 2 + 1 ELSE 1 END,
+           0, NULL, NULL,                                          -- nothing cached yet
            0, max_tokens, temperature, top_k, top_p, coalesce(seed, floor(random() * 2147483647)::bigint),
            stop, top_logprobs, ''::bytea, false
     FROM unnest(prompts) WITH ORDINALITY AS p(prompt, i),
@@ -223,7 +313,7 @@ BEGIN
     FROM chosen c JOIN advanced a USING (seq) JOIN gen_seq g USING (seq) LEFT JOIN gpt2.vocab v ON v.id = c.id
     ORDER BY c.seq;
     IF NOT EXISTS (SELECT FROM gen_seq g WHERE NOT g.done) THEN
-        PERFORM gpt2.kv_reset();                         -- the cache is not needed any more
+        PERFORM gpt2.generation_end(true);               -- the cache is not needed any more
     END IF;
 END
 $$;
@@ -240,7 +330,8 @@ LANGUAGE sql AS $$
     SELECT s.seq + 1, s.step, s.id, s.text, s.bytes, s.done, s.logprob, s.top FROM gpt2.generation_step() AS s
 $$;
 
--- Every generated token of one prompt, for psql: (step, id, text, logprob, top).
+-- Every generated token of one prompt, for psql: (step, id, text, logprob, top). A streaming
+-- generation in progress on the connection waits aside meanwhile (gpt2.generation_aside).
 CREATE OR REPLACE FUNCTION gpt2.generate(
     prompt text, model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
     top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL,
@@ -248,6 +339,7 @@ CREATE OR REPLACE FUNCTION gpt2.generate(
 RETURNS TABLE (step int, id int, text text, logprob float8, top jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
+    aside boolean := gpt2.generation_aside();
     r record;
 BEGIN
     PERFORM gpt2.generate_start(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop, top_logprobs);
@@ -258,6 +350,7 @@ BEGIN
         RETURN NEXT;
         EXIT WHEN r.done;
     END LOOP;
+    PERFORM gpt2.generation_back(aside);
 END
 $$;
 
@@ -280,6 +373,7 @@ CREATE OR REPLACE FUNCTION gpt2.generate_batch(
 RETURNS TABLE (prompt int, step int, id int, text text)
 LANGUAGE plpgsql AS $$
 DECLARE
+    aside boolean := gpt2.generation_aside();
     r record;
     n int;
 BEGIN
@@ -292,6 +386,7 @@ BEGIN
         END LOOP;
         EXIT WHEN n = 0;
     END LOOP;
+    PERFORM gpt2.generation_back(aside);
 END
 $$;
 
@@ -299,10 +394,16 @@ CREATE OR REPLACE FUNCTION gpt2.complete_batch(
     prompts text[], model text DEFAULT NULL, max_tokens int DEFAULT 40, temperature float8 DEFAULT 1.0,
     top_k int DEFAULT 50, top_p float8 DEFAULT 1.0, seed bigint DEFAULT NULL, stop text[] DEFAULT NULL)
 RETURNS text[]
-LANGUAGE sql AS $$
-    SELECT array_agg(coalesce(c.text, '') ORDER BY p.i)
-    FROM generate_series(1, cardinality(prompts)) AS p(i)
-    LEFT JOIN (SELECT g.prompt, gpt2.detokenize(array_agg(g.id ORDER BY g.step)) AS text
-               FROM gpt2.generate_batch(prompts, model, max_tokens, temperature, top_k, top_p, seed, stop) AS g
-               GROUP BY g.prompt) AS c ON c.prompt = p.i
+LANGUAGE plpgsql AS $$
+DECLARE
+    texts text[] := array_fill(''::text, ARRAY[coalesce(cardinality(prompts), 0)]);   -- '' for no token
+    r record;
+BEGIN
+    FOR r IN SELECT g.prompt, gpt2.detokenize(array_agg(g.id ORDER BY g.step)) AS text
+             FROM gpt2.generate_batch(prompts, model, max_tokens, temperature, top_k, top_p, seed, stop) AS g
+             GROUP BY g.prompt LOOP
+        texts[r.prompt] := r.text;
+    END LOOP;
+    RETURN texts;
+END
 $$;

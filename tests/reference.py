@@ -175,12 +175,12 @@ def decode_step(params, hparams, cache, token_id, pos):  # -> (logits [n_vocab],
 def generate_greedy(params, hparams, ids, n):  # -> the n new token ids
     """Greedy decoding (argmax, ties to the lowest id) with gpt2sql's context window, the
     rule of sql/95_generate.sql: the model sees the tokens since the window start, at
-    positions 0, 1, ...; a prompt longer than n_positions starts at its last n_positions
-    tokens; when feeding the next token would pass n_positions, the window restarts at
-    the last n_positions // 2 tokens (one prefill) and decoding goes on with the KV cache.
+    positions 0, 1, ...; when feeding the next token would pass n_positions, the window
+    restarts at the last n_positions // 2 tokens (one prefill) and decoding goes on with the
+    KV cache; a prompt longer than n_positions starts there too, at its last n_positions // 2.
     Equivalently: next = argmax(forward(seq[start:])[-1]) with start moved as above."""
     n_ctx, seq = hparams["n_positions"], list(ids)
-    start = max(0, len(seq) - n_ctx)
+    start = len(seq) - n_ctx // 2 if len(seq) > n_ctx else 0
     logits, cache = prefill(params, hparams, seq[start:])
     for step in range(n):
         seq.append(int(np.argmax(logits)))  # np.argmax returns the first maximum
