@@ -102,8 +102,11 @@ DECLARE
     width int := gpt2.chunk_dims(m.n_vocab, 'float32');            -- wte^T's chunks of the vocabulary
     n int := cardinality(xs);
     logits float8[];                                               -- [unit, n_vocab]
-    lse float8;
-    dl real[];                                                     -- [n_vocab] one row of dlogits
+    lrow float8[];                                                 -- [1, n_vocab] one row of them
+    target int;
+    mx float8;                                                     -- its largest logit
+    lse float8;                                                    -- its log sum exp
+    dl real[];                                                     -- [n_vocab] its row of dlogits
     chunks vector[];                                               -- [n_chunks * unit] its pieces, chunk-major
     part vector[];
     acc vector[];
@@ -118,11 +121,20 @@ BEGIN
     FOR start IN 1 .. n BY unit LOOP
         logits := gpt2.head(xs[start:start + unit - 1]);
         chunks := '{}';
-        FOR i IN 1 .. array_length(logits, 1) LOOP
-            lse := gpt2.logsumexp(logits[i:i]);
-            r.loss := r.loss + lse - logits[i][targets[start + i - 1] + 1];
-            dl := ARRAY(SELECT ((exp(l - lse) - (t = targets[start + i - 1] + 1)::int) * scale)::real
-                        FROM unnest(logits[i:i]) WITH ORDINALITY AS u(l, t));
+        FOR i IN 1 .. array_length(logits, 1) LOOP                 -- each row: (softmax - onehot) * scale
+            target := targets[start + i - 1];
+            lrow := logits[i:i];
+            -- log sum exp in one pass, shifted by the target's logit (exp is float8 here: any shift
+            -- within ~700 of the maximum is exact), again by the maximum if that was farther
+            SELECT max(l), ln(sum(exp(least(greatest(l - lrow[1][target + 1], -745), 700)))) + lrow[1][target + 1]
+            INTO mx, lse FROM unnest(lrow) AS l;
+            IF mx - lrow[1][target + 1] > 700 THEN
+                lse := mx + (SELECT ln(sum(exp(greatest(l - mx, -745)))) FROM unnest(lrow) AS l);
+            END IF;
+            r.loss := r.loss + lse - lrow[1][target + 1];
+            -- subtle: below e^-87 a float32 is 0 next to the largest, and the cast would RAISE
+            dl := ARRAY(SELECT exp(greatest(l - lse, -87)) * scale FROM unnest(lrow) AS l);
+            dl[target + 1] := dl[target + 1] - scale;
             INSERT INTO lm_dlogits VALUES (start + i - 1, dl);
             FOR c IN 0 .. (m.n_vocab - 1) / width LOOP
                 chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;

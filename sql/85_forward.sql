@@ -193,7 +193,8 @@ LANGUAGE plpgsql AS $$
 BEGIN
     IF to_regclass('pg_temp.grads') IS NULL THEN
         CREATE TEMPORARY TABLE grads (name text, i int, g vector NOT NULL, PRIMARY KEY (name, i));
-        ALTER TABLE grads ALTER COLUMN g SET STORAGE EXTERNAL;     -- floats do not compress: do not try
+        ALTER TABLE grads ALTER COLUMN g SET STORAGE EXTERNAL;     -- floats do not compress: do not try,
+        ALTER TABLE grads SET (toast_tuple_target = 8160);         -- and keep rows in the table while they fit
     END IF;
     TRUNCATE grads;
 END

@@ -76,22 +76,29 @@ CREATE OR REPLACE FUNCTION gpt2.write_transposed(tensor text, layer int) RETURNS
 LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
-    wm real[];                                                     -- [n_rows, n_cols] the weight, as stored
+    n_rows int;                                                    -- rows of the weight as stored: tokens, or outputs
     width int;
+    wm real[];                                                     -- [width, n_cols] one chunk of those rows
 BEGIN
-    IF tensor = 'wte' THEN                                         -- [n_vocab, n_embd]
-        wm := ARRAY(SELECT e.w::vector::real[] FROM wte e ORDER BY e.token);
-    ELSE                                                           -- W^T [n_out, n_in]: conv1d's rows by output
-        wm := ARRAY(SELECT gpt2.vcat(c.w::vector ORDER BY c.chunk)::real[] FROM conv1d c
-                   WHERE c.tensor = write_transposed.tensor AND c.layer = write_transposed.layer GROUP BY c.col ORDER BY c.col);
-    END IF;
-    width := gpt2.chunk_dims(array_length(wm, 1), 'float32');
-    INSERT INTO conv1d AS o (tensor, layer, chunk, col, w, b)
-    SELECT write_transposed.tensor || '^T', write_transposed.layer, k, (r.j - 1)::int, r.v, 0
-    FROM generate_series(0, (array_length(wm, 1) - 1) / width) AS k,
-         unnest(gpt2.transpose(wm[k * width + 1 : least((k + 1) * width, array_length(wm, 1))][1 : array_length(wm, 2)]))
-             WITH ORDINALITY AS r(v, j)
-    ON CONFLICT ON CONSTRAINT conv1d_pkey DO UPDATE SET w = EXCLUDED.w;
+    n_rows := CASE WHEN tensor = 'wte' THEN m.n_vocab
+                   ELSE (SELECT count(*) FROM conv1d c WHERE c.tensor = write_transposed.tensor
+                                                         AND c.layer = write_transposed.layer AND c.chunk = 0) END;
+    width := gpt2.chunk_dims(n_rows, 'float32');
+    FOR k IN 0 .. (n_rows - 1) / width LOOP                        -- a chunk at a time: arrays of a few MB
+        IF tensor = 'wte' THEN                                     -- [n_vocab, n_embd]
+            wm := ARRAY(SELECT e.w::vector::real[] FROM wte e WHERE e.token BETWEEN k * width AND (k + 1) * width - 1
+                        ORDER BY e.token);
+        ELSE                                                       -- W^T [n_out, n_in]: conv1d's rows by output
+            wm := ARRAY(SELECT gpt2.vcat(c.w::vector ORDER BY c.chunk)::real[] FROM conv1d c
+                        WHERE c.tensor = write_transposed.tensor AND c.layer = write_transposed.layer
+                          AND c.col BETWEEN k * width AND (k + 1) * width - 1
+                        GROUP BY c.col ORDER BY c.col);
+        END IF;
+        INSERT INTO conv1d AS o (tensor, layer, chunk, col, w, b)
+        SELECT write_transposed.tensor || '^T', write_transposed.layer, k, (r.j - 1)::int, r.v, 0
+        FROM unnest(gpt2.transpose(wm)) WITH ORDINALITY AS r(v, j)
+        ON CONFLICT ON CONSTRAINT conv1d_pkey DO UPDATE SET w = EXCLUDED.w;
+    END LOOP;
 END
 $$;
 
@@ -177,7 +184,9 @@ BEGIN
     END IF;
     PERFORM gpt2.grads_reset();
     PERFORM set_config('gpt2sql.grads_key', '', false);            -- (gpt2.grads_for)
+    PERFORM gpt2.progress('lm head', 0, 1);
     lg := gpt2.lm_backward(xs, targets, 1.0 / cardinality(targets));
+    PERFORM gpt2.progress('lm head', 1, 1);
     PERFORM gpt2.grads_add(ARRAY[ROW('wte.weight', lg.dwte)]::gpt2.param_grad[]);
     PERFORM gpt2.run_backward(seqs, positions, inputs, lg.dx);
     RETURN lg.loss / cardinality(targets);
@@ -332,27 +341,31 @@ CREATE OR REPLACE FUNCTION gpt2.adamw_update(p record, coef float8, lr float8, b
 LANGUAGE plpgsql AS $$
 DECLARE
     d int := p.width;
+    zeros vector := gpt2.fill(0, d);                               -- (constant vectors made once, not per row)
+    scale vector := gpt2.fill(coef, d);
+    b1 vector := gpt2.fill(beta1, d);
+    c1 vector := gpt2.fill(1 - beta1, d);
+    b2 vector := gpt2.fill(beta2, d);
+    c2 vector := gpt2.fill(1 - beta2, d);
+    decay vector := gpt2.fill(CASE WHEN p.decay THEN 1 - lr * weight_decay ELSE 1 END, d);
+    step_size vector := gpt2.fill(lr / (1 - beta1 ^ step), d);
+    root_bc2 float8 := sqrt(1 - beta2 ^ step);
     rows_i int[];
     rows_w vector[];
 BEGIN
     WITH u AS (
-        SELECT w.i, w.w, coalesce(g.g * gpt2.fill(coef, d), gpt2.fill(0, d)) AS g,
-               coalesce(a.m, gpt2.fill(0, d)) AS m, coalesce(a.v, gpt2.fill(0, d)) AS v
+        SELECT w.i, w.w, coalesce(g.g * scale, zeros) AS g, coalesce(a.m, zeros) AS m, coalesce(a.v, zeros) AS v
         FROM gpt2.param_rows(p.kind, p.tensor, p.layer) AS w
         LEFT JOIN grads g ON g.name = p.name AND g.i = w.i
         LEFT JOIN adam a ON a.name = p.name AND a.i = w.i
     ), mv AS (
-        SELECT u.i, u.w, u.m * gpt2.fill(beta1, d) + u.g * gpt2.fill(1 - beta1, d) AS m,
-               u.v * gpt2.fill(beta2, d) + u.g * u.g * gpt2.fill(1 - beta2, d) AS v
-        FROM u OFFSET 0
+        SELECT u.i, u.w, u.m * b1 + u.g * c1 AS m, u.v * b2 + u.g * u.g * c2 AS v FROM u OFFSET 0
     ), saved AS (
         INSERT INTO adam AS a (name, i, m, v) SELECT p.name, mv.i, mv.m, mv.v FROM mv
         ON CONFLICT (name, i) DO UPDATE SET m = EXCLUDED.m, v = EXCLUDED.v
     )
-    SELECT array_agg(mv.i), array_agg(mv.w * gpt2.fill(CASE WHEN p.decay THEN 1 - lr * weight_decay ELSE 1 END, d)
-                                      - mv.m * r.r * gpt2.fill(lr / (1 - beta1 ^ step), d))
-    INTO rows_i, rows_w
-    FROM mv, LATERAL (SELECT ARRAY(SELECT 1 / (sqrt(x) / sqrt(1 - beta2 ^ step) + eps) FROM unnest(mv.v::real[]) AS x)::vector AS r) AS r;
+    SELECT array_agg(mv.i), array_agg(mv.w * decay - mv.m * r.r * step_size) INTO rows_i, rows_w
+    FROM mv, LATERAL (SELECT ARRAY(SELECT 1 / (sqrt(x) / root_bc2 + eps) FROM unnest(mv.v::real[]) AS x)::vector AS r) AS r;
     PERFORM gpt2.param_write(p.kind, p.tensor, p.layer, rows_i, rows_w);
 END
 $$;
@@ -368,8 +381,10 @@ BEGIN
     IF to_regclass(format('%I.adam', m.schema_name)) IS NULL THEN
         EXECUTE format('CREATE TABLE %I.adam (name text, i int, m vector NOT NULL, v vector NOT NULL, PRIMARY KEY (name, i))',
                        m.schema_name);
+        -- in the row while it fits a page (n_embd-wide rows: 6 kB), out of it, uncompressed, when not
         EXECUTE format('ALTER TABLE %I.adam ALTER COLUMN m SET STORAGE EXTERNAL, ALTER COLUMN v SET STORAGE EXTERNAL',
                        m.schema_name);
+        EXECUTE format('ALTER TABLE %I.adam SET (toast_tuple_target = 8160)', m.schema_name);
     END IF;
 END
 $$;

@@ -117,3 +117,20 @@ def test_training_refuses_a_model_a_generation_of_another_connection_is_using(ds
         while other.execute("SELECT * FROM gpt2.generate_next()").fetchone():
             pass  # the generation finishes: its hold on the model ends
     conn.execute("SELECT * FROM gpt2.train_step('hostile-copy', ARRAY['hi'], 1e-3)")
+
+
+@pytest.mark.slow
+def test_a_batch_of_more_work_units_than_gpt2_units_equals_its_prompts_alone(conn, runner, tmp_path):
+    """40 prompts of 60 tokens on an 8-head model: 320 (prompt, head) units of fresh attention,
+    more than gpt2.units' rows, run in rounds; each prompt's greedy tokens are its tokens alone."""
+    directory = synthetic.write_checkpoint(tmp_path, n_layer=1, n_embd=64, n_head=8, n_positions=64, seed=22)
+    assert runner(["load", str(directory), "--name", "hostile-heads"]).exit_code == 0
+    assert conn.execute("SELECT gpt2.parallel_round()").fetchone()[0] < 40 * 8
+    prompts = [conn.execute("SELECT gpt2.detokenize(%s)", ([(37 * k + 11 * i) % 50000 + 100 for i in range(60)],)).fetchone()[0]
+               for k in range(40)]
+    together = conn.execute("SELECT gpt2.complete_batch(%s, 'hostile-heads', 2, 0)", (prompts,)).fetchone()[0]
+    _, hparams, params = ("",) + reference.load(directory)
+    for prompt, text in zip(prompts, together):
+        ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
+        expected = conn.execute("SELECT gpt2.detokenize(%s)", (reference.generate_greedy(params, hparams, ids, 2),)).fetchone()[0]
+        assert text == expected
