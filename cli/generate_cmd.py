@@ -9,7 +9,7 @@ import click
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
-from gpt2sql.tokenize_cmd import checked_text, nonempty, read_stdin
+from gpt2sql.tokenize_cmd import checked_text, nonempty, read_file, read_stdin
 
 INT4_MAX = 2**31 - 1  # the SQL functions take int
 
@@ -100,18 +100,7 @@ def _check_arguments(ctx: click.Context, prompt: str | None, batch: str | None, 
 def _batch_prompts(path: str) -> list[str]:
     """One prompt per line of FILE ('-': standard input), without the line ends (LF or CR LF);
     a blank line is an error naming it, so that prompt i is always line i."""
-    if path == "-":
-        text = read_stdin()
-    else:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise Gpt2SqlError(f"cannot read {path!r}: {e.strerror}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise Gpt2SqlError(f"{path!r} is not UTF-8 (byte {e.start})") from None
+    text = read_file(path)
     where = "standard input" if path == "-" else repr(path)
     # subtle: not str.splitlines, which also cuts at form feeds, U+2028 and the like
     lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []

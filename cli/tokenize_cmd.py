@@ -74,6 +74,21 @@ def read_stdin() -> str:
         raise Gpt2SqlError(f"standard input is not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
 
 
+def read_file(path: str) -> str:
+    """A file's text ('-': standard input), decoded as UTF-8; a one-line error if it cannot be."""
+    if path == "-":
+        return read_stdin()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise Gpt2SqlError(f"cannot read {path!r}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Gpt2SqlError(f"{path!r} is not UTF-8 (byte {e.start})") from None
+
+
 def checked_text(text: str) -> str:
     """TEXT, or a one-line error for what PostgreSQL text cannot hold."""
     if "\x00" in text:

@@ -13,20 +13,9 @@ import click
 
 from gpt2sql.errors import Gpt2SqlError
 from gpt2sql.main import connection
+from gpt2sql.tokenize_cmd import checked_text, read_file
 
 INT4_MAX = 2**31 - 1
-
-
-def _read_file(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise Gpt2SqlError(f"cannot read {path!r}: {e.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise Gpt2SqlError(f"{path!r} is not UTF-8 (byte {e.start})") from None
 
 
 def _finite(ctx, param, value):
@@ -44,7 +33,7 @@ def _start(ctx, conn, model, query, file, into, replace, options) -> str:
     if file is not None:  # the file's text, as a one-row query on this connection
         conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS train_file (body text)")
         conn.execute("TRUNCATE train_file")
-        conn.execute("INSERT INTO train_file VALUES (%s)", (_read_file(file),))
+        conn.execute("INSERT INTO train_file VALUES (%s)", (checked_text(read_file(file)),))
         query = "SELECT body FROM pg_temp.train_file"
     name, blocks, tokens = conn.execute(
         """SELECT * FROM gpt2.train_start(%s, %s, %s, steps => %s, batch_size => %s, block_size => %s, lr => %s,

@@ -70,6 +70,19 @@ END
 $$
 $template$, g); END LOOP; END $do$;
 
+-- One input chunk of every position through the kernel that fits their number.
+CREATE OR REPLACE FUNCTION gpt2.linear_chunk(tensor text, layer int, chunk int, xs vector[], act text) RETURNS vector[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN CASE gpt2.kernel_width(cardinality(xs))
+               WHEN 2 THEN CASE WHEN cardinality(xs) = 1 THEN ARRAY[gpt2.linear_1(tensor, layer, chunk, xs[1], act)]
+                                ELSE gpt2.linear_2(tensor, layer, chunk, xs, act) END
+               WHEN 4 THEN gpt2.linear_4(tensor, layer, chunk, xs, act)
+               WHEN 8 THEN gpt2.linear_8(tensor, layer, chunk, xs, act)
+               ELSE gpt2.linear_16(tensor, layer, chunk, xs, act) END;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION gpt2.linear(tensor text, layer int, xs vector[], act text DEFAULT NULL) RETURNS vector[]
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
@@ -86,12 +99,7 @@ BEGIN
             part := ARRAY(SELECT subvector(x, chunk * width + 1, least(width, n_in - chunk * width))
                           FROM unnest(xs) WITH ORDINALITY AS u(x, t) ORDER BY t);
         END IF;
-        part := CASE gpt2.kernel_width(cardinality(xs))
-                    WHEN 2 THEN CASE WHEN cardinality(xs) = 1 THEN ARRAY[gpt2.linear_1(tensor, layer, chunk, part[1], chunk_act)]
-                                     ELSE gpt2.linear_2(tensor, layer, chunk, part, chunk_act) END
-                    WHEN 4 THEN gpt2.linear_4(tensor, layer, chunk, part, chunk_act)
-                    WHEN 8 THEN gpt2.linear_8(tensor, layer, chunk, part, chunk_act)
-                    ELSE gpt2.linear_16(tensor, layer, chunk, part, chunk_act) END;
+        part := gpt2.linear_chunk(tensor, layer, chunk, part, chunk_act);
         acc := CASE WHEN chunk = 0 THEN part
                     ELSE ARRAY(SELECT a + p FROM unnest(acc, part) WITH ORDINALITY AS u(a, p, t) ORDER BY t) END;
     END LOOP;

@@ -142,13 +142,7 @@ BEGIN
         END LOOP;
         acc := NULL;
         FOR c IN 0 .. (m.n_vocab - 1) / width LOOP                 -- dx = dlogits @ wte, chunk by chunk
-            part := chunks[c * unit + 1 : c * unit + array_length(logits, 1)];
-            part := CASE gpt2.kernel_width(cardinality(part))
-                        WHEN 2 THEN CASE WHEN cardinality(part) = 1 THEN ARRAY[gpt2.linear_1('wte^T', 0, c, part[1], NULL)]
-                                         ELSE gpt2.linear_2('wte^T', 0, c, part, NULL) END
-                        WHEN 4 THEN gpt2.linear_4('wte^T', 0, c, part, NULL)
-                        WHEN 8 THEN gpt2.linear_8('wte^T', 0, c, part, NULL)
-                        ELSE gpt2.linear_16('wte^T', 0, c, part, NULL) END;
+            part := gpt2.linear_chunk('wte^T', 0, c, chunks[c * unit + 1 : c * unit + array_length(logits, 1)], NULL);
             acc := CASE WHEN acc IS NULL THEN part ELSE gpt2.add(acc, part) END;
         END LOOP;
         r.dx := r.dx || acc;

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import reference as R
+import torch_twin
 import synthetic
 from compare import assert_close
 
@@ -223,12 +224,7 @@ def torch_loss_and_grads(path, texts, dtype="float64", model=None):
 
     model = model or GPT2LMHeadModel.from_pretrained(path, torch_dtype=getattr(torch, dtype))
     model.zero_grad()
-    n_total = sum(len(t) for t in texts)
-    loss = 0
-    for ids in texts:
-        inputs, targets = R.lm_example(ids)
-        logits = model(torch.tensor([inputs])).logits[0]
-        loss = loss + torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="sum") / n_total
+    loss = torch_twin.lm_loss(model, texts)
     loss.backward()
     grads = {name.removeprefix("transformer."): p.grad.numpy().copy() for name, p in model.named_parameters()
              if name != "lm_head.weight"}  # tied: the same tensor as wte, its gradient holds both uses

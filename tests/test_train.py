@@ -12,6 +12,7 @@ import pytest
 
 import reference
 import synthetic
+import torch_twin
 from compare import assert_close
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world",
@@ -24,19 +25,6 @@ def torch_model(path):
     from transformers import GPT2LMHeadModel
 
     return GPT2LMHeadModel.from_pretrained(path, torch_dtype=torch.float32)
-
-
-def torch_loss(model, ids):
-    """The token-weighted mean loss of texts (token lists), as gpt2.loss defines it."""
-    import torch
-
-    n_total = sum(len(t) for t in ids)
-    loss = 0
-    for tokens in ids:
-        inputs, targets = reference.lm_example(tokens)
-        logits = model(torch.tensor([inputs])).logits[0]
-        loss = loss + torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="sum") / n_total
-    return loss
 
 
 def tokenized(conn, texts):
@@ -54,7 +42,7 @@ def load(runner, tmp_path, name, **config):
 def test_every_gradient_matches_torch_autograd(conn, runner, tmp_path, config):
     directory = load(runner, tmp_path, f"grad-{config}", **synthetic.CONFIGS[config], seed=11)
     model = torch_model(directory)
-    loss = torch_loss(model, tokenized(conn, TEXTS))
+    loss = torch_twin.lm_loss(model, tokenized(conn, TEXTS))
     loss.backward()
     sql_loss = conn.execute("SELECT gpt2.loss(%s, %s)", (TEXTS, f"grad-{config}")).fetchone()[0]
     assert abs(sql_loss - loss.item()) <= 1e-4 * abs(loss.item()), (sql_loss, loss.item())
@@ -94,7 +82,7 @@ def test_twenty_adamw_steps_match_torch(conn, runner, tmp_path):
         got = conn.execute("SELECT * FROM gpt2.train_step('adam-tiny', %s, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1.0)",
                            (texts,)).fetchone()
         opt.zero_grad()
-        loss = torch_loss(model, tokenized(conn, texts))
+        loss = torch_twin.lm_loss(model, tokenized(conn, texts))
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
         opt.step()
