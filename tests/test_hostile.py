@@ -134,3 +134,20 @@ def test_a_batch_of_more_work_units_than_gpt2_units_equals_its_prompts_alone(con
         ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
         expected = conn.execute("SELECT gpt2.detokenize(%s)", (reference.generate_greedy(params, hparams, ids, 2),)).fetchone()[0]
         assert text == expected
+
+
+@pytest.mark.slow
+def test_a_context_longer_than_a_page_holds_works(conn, runner, tmp_path):
+    """A model whose context passes 2,028 positions: the transposed values of a head (one
+    float32 per position) outgrow a page and move out of the row; prompts of 2,040 tokens
+    prefill and decode as the reference does."""
+    directory = synthetic.write_checkpoint(tmp_path, n_layer=1, n_embd=32, n_head=2, n_positions=2200, seed=23)
+    assert runner(["load", str(directory), "--name", "hostile-long"]).exit_code == 0
+    hparams, params = reference.load(directory)
+    ids = [(131 * i + 7) % 50000 + 200 for i in range(2000)]
+    prompt = conn.execute("SELECT gpt2.detokenize(%s)", (ids,)).fetchone()[0]
+    ids = conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0]
+    assert 2028 < len(ids) <= 2200 - 3
+    got = conn.execute("SELECT array_agg(id ORDER BY step) FROM gpt2.generate(%s, 'hostile-long', max_tokens => 3, "
+                       "temperature => 0)", (prompt,)).fetchone()[0]
+    assert got == reference.generate_greedy(params, hparams, ids, 3)
