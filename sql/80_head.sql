@@ -104,8 +104,11 @@ DECLARE
     logits float8[];                                               -- [unit, n_vocab]
     lrow float8[];                                                 -- [1, n_vocab] one row of them
     target int;
+    v float8;
     mx float8;                                                     -- its largest logit
-    lse float8;                                                    -- its log sum exp
+    z float8;                                                      -- its sum of exp(logit - mx)
+    c int;
+    ones vector[] := ARRAY(SELECT gpt2.fill(1, least(width, m.n_vocab - k * width)) FROM generate_series(0, (m.n_vocab - 1) / width) AS k);
     dl real[];                                                     -- [n_vocab] its row of dlogits
     chunks vector[];                                               -- [n_chunks * unit] its pieces, chunk-major
     part vector[];
@@ -124,21 +127,28 @@ BEGIN
         FOR i IN 1 .. array_length(logits, 1) LOOP                 -- each row: (softmax - onehot) * scale
             target := targets[start + i - 1];
             lrow := logits[i:i];
-            -- log sum exp in one pass, shifted by the target's logit (exp is float8 here: any shift
-            -- within ~700 of the maximum is exact), again by the maximum if that was farther
-            SELECT max(l), ln(sum(exp(least(greatest(l - lrow[1][target + 1], -745), 700)))) + lrow[1][target + 1]
-            INTO mx, lse FROM unnest(lrow) AS l;
-            IF mx - lrow[1][target + 1] > 700 THEN
-                lse := mx + (SELECT ln(sum(exp(greatest(l - mx, -745)))) FROM unnest(lrow) AS l);
-            END IF;
-            r.loss := r.loss + lse - lrow[1][target + 1];
-            -- subtle: below e^-87 a float32 is 0 next to the largest, and the cast would RAISE
-            dl := ARRAY(SELECT exp(greatest(l - lse, -87)) * scale FROM unnest(lrow) AS l);
-            dl[target + 1] := dl[target + 1] - scale;
-            INSERT INTO lm_dlogits VALUES (start + i - 1, dl);
+            mx := '-Infinity';
+            FOREACH v IN ARRAY lrow LOOP                           -- (a PL/pgSQL loop: half the time of max())
+                IF v > mx THEN mx := v; END IF;
+            END LOOP;
+            -- one pass over the row for exp; sums and scaling are pgvector's, on its chunks
+            -- subtle: below e^-87 a float32 is 0 next to the maximum's 1, and the cast would RAISE
+            dl := ARRAY(SELECT exp(greatest(l - mx, -87)) FROM unnest(lrow) AS l);
+            z := 0;
             FOR c IN 0 .. (m.n_vocab - 1) / width LOOP
                 chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;
+                z := z - (chunks[c * unit + i] <#> ones[c + 1]);
             END LOOP;
+            r.loss := r.loss + mx + ln(z) - lrow[1][target + 1];   -- log sum exp - the target's logit
+            dl := '{}';
+            FOR c IN 0 .. (m.n_vocab - 1) / width LOOP             -- (exp / z - onehot) * scale
+                chunks[c * unit + i] := chunks[c * unit + i] * gpt2.fill(scale / z, vector_dims(chunks[c * unit + i]));
+                dl := dl || chunks[c * unit + i]::real[];
+            END LOOP;
+            dl[target + 1] := dl[target + 1] - scale;
+            c := target / width;
+            chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;
+            INSERT INTO lm_dlogits VALUES (start + i - 1, dl);
         END LOOP;
         acc := NULL;
         FOR c IN 0 .. (m.n_vocab - 1) / width LOOP                 -- dx = dlogits @ wte, chunk by chunk

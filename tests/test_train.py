@@ -295,3 +295,31 @@ def test_init_makes_a_model_that_predicts_every_token_about_equally(runner, conn
     assert result.exit_code == 0, result.output
     loss = conn.execute("SELECT gpt2.loss(ARRAY['It is a truth universally acknowledged.'], 'run-scratch')").fetchone()[0]
     assert abs(loss - np.log(50257)) < 0.05, loss
+
+
+@pytest.mark.slow
+def test_a_model_trained_from_scratch_learns(conn, runner):
+    """The short version of bench/train_from_scratch.py: GPT-2's initialization (loss ~ln 50257)
+    trained in SQL on a page of Pride and Prejudice; its loss on text it never saw falls too."""
+    import math
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "bench" / "data" / "pride_and_prejudice.txt").read_text()
+    starts = [m.start() for m in re.finditer(r"\nChapter \d+\n", text)]
+    train, held = text[: starts[2]], text[starts[14]: starts[14] + 1500]
+    assert runner(["init", "learn-init", "--layers", "1", "--heads", "2", "--width", "32", "--context", "64"]).exit_code == 0
+    conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS learn_book (body text)")
+    conn.execute("TRUNCATE learn_book")
+    conn.execute("INSERT INTO learn_book VALUES (%s)", (train,))
+    conn.execute("""SELECT * FROM gpt2.train_start('learn-init', 'SELECT body FROM pg_temp.learn_book', 'learn',
+                    steps => 30, batch_size => 2, block_size => 32, lr => 1e-2, warmup => 2, replace => true)""")
+    ids = conn.execute("SELECT gpt2.tokenize(%s)", (held,)).fetchone()[0]
+    pieces = [conn.execute("SELECT gpt2.detokenize(%s)", (ids[i:i + 64],)).fetchone()[0] for i in range(0, len(ids), 64)]
+    held_out = [conn.execute("SELECT gpt2.loss(%s, 'learn')", (pieces,)).fetchone()[0]]
+    conn.execute("CALL gpt2.train('learn')")
+    held_out.append(conn.execute("SELECT gpt2.loss(%s, 'learn')", (pieces,)).fetchone()[0])
+    losses = [r[0] for r in conn.execute("SELECT loss FROM gpt2.train_log WHERE model = 'learn' ORDER BY step")]
+    assert len(losses) == 30 and abs(losses[0] - math.log(50257)) < 0.1, losses[:3]
+    assert max(losses[-5:]) < losses[0] - 2, losses        # it learns the training text ...
+    assert held_out[1] < held_out[0] - 1.5, held_out       # ... and what carries over to text it never saw
