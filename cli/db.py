@@ -22,8 +22,8 @@ LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSW
 
 def shared_buffers_for_models() -> str:
     """Shared memory for the embedded server: 40% of RAM (1 GB at least), so that the weights
-    of the models a user loads stay in it (every decode step reads all of them): gpt2-xl
-    takes 3.5 GB in float16, 7 GB in float32. PostgreSQL touches the pages only as they fill."""
+    of the models a user loads stay in it (every decode step reads all of them; each size's
+    weights: docs/performance.md, "Other sizes"). PostgreSQL touches the pages only as they fill."""
     try:
         ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):  # not reported: the earlier fixed size

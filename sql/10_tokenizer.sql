@@ -184,8 +184,8 @@ $$;
 -- gpt2.bpe merges one pair per round and probes every adjacent pair of the piece each
 -- round: a piece of n bytes costs O(n) per round for up to n rounds, so one word of
 -- 100,000 random letters took 86 s. gpt2.bpe_rounds gives the same ids in a few rounds
--- (14 for those 100,000 letters, 3 s), each O(n), by merging at once every pair that
--- sequential BPE is certain to merge next at that place:
+-- (for those letters: docs/performance.md, "Tokenizer", with the commands), each O(n), by
+-- merging at once every pair that sequential BPE is certain to merge next at that place:
 --
 --   pair i = (t_i, t_i+1) of rank r is merged this round when
 --   (1) r is lower than the ranks of pairs i-1 and i+1, and
@@ -236,7 +236,7 @@ LEFT JOIN (SELECT left_id AS id, max(len) AS len FROM product GROUP BY left_id) 
 CREATE UNIQUE INDEX IF NOT EXISTS merge_reach_id ON gpt2.merge_reach (id) INCLUDE (left_reach, right_reach);
 REFRESH MATERIALIZED VIEW gpt2.merge_reach;
 -- Whoever may read the vocabulary may read its reach, also a role that was granted SELECT
--- on gpt2's tables before this view existed (README: Read-only users).
+-- on gpt2's tables before this view existed (docs/operations.md: Read-only users).
 DO $$
 DECLARE
     reader text;

@@ -1,11 +1,12 @@
-"""README's commands, run as a user types them, so the README cannot rot.
+"""The documentation's commands, run as a user types them, so README and docs/ cannot rot.
 
-Every shell line in README's code blocks runs through bash with GPT2SQL_DSN pointing at
-the test database, in a directory holding a small random checkpoint named my-gpt2-dir,
-except those that need what a test cannot have: the network (loading a hub name),
-Docker, or installing. Those are listed in NOT_RUN with the test that covers them. Every
-statement in README's SQL blocks runs too, and what it returns is checked (SQL_CHECKS), against
-the NumPy reference (tests/reference.py) where there is one.
+Every shell line in the code blocks of README.md and docs/*.md runs through bash with
+GPT2SQL_DSN pointing at the test database, in a directory holding a small random checkpoint
+named my-gpt2-dir, except those that need what a test cannot have: the network (loading a
+hub name), Docker, installing, or minutes of work (training runs, benchmarks). Those are
+listed in NOT_RUN with the test that covers them; every gpt2sql line, run or not, must parse.
+Every statement in the SQL blocks of SQL_DOCS runs too, and what it returns is checked
+(SQL_CHECKS), against the NumPy reference (tests/reference.py) where there is one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import pytest
 import reference
 import synthetic
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# The pages whose SQL runs. docs/training.md's changes weights and names models the tests do
+# not have (tests/test_train.py makes the same calls); docs/operations.md's GRANTs run in
+# tests/test_readonly.py.
+SQL_DOCS = [README, ROOT / "docs" / "architecture.md", ROOT / "docs" / "glass-box.md"]
 # (pattern, who covers it instead)
 NOT_RUN = [
     (r"^pip install", ".ci/run"),
@@ -33,13 +40,18 @@ NOT_RUN = [
     (r"^export ", "tests/test_compose.py checks the DSN against the compose file"),
     (r"^gpt2sql db stop", "tests/test_db.py (it would stop the user's own embedded server)"),
     (r"^gpt2sql load (?![./])", "tests/test_hub.py (the hub is not reachable here)"),
+    (r"^gpt2sql (init|train|export) ", "tests/test_train.py (training runs of hundreds of steps)"),
 ]
 
 
-def shell_lines() -> list[str]:
-    """Lines of the README's indented code blocks (4 spaces, after a blank line)."""
+def shell_lines(docs=DOCS) -> list[str]:
+    """Lines of the indented code blocks (4 spaces, after a blank line) of docs, in order."""
+    return [line for doc in docs for line in _shell_lines(doc)]
+
+
+def _shell_lines(doc: Path) -> list[str]:
     lines, in_block, previous_blank, fenced = [], False, True, False
-    for line in README.read_text().splitlines():
+    for line in doc.read_text().splitlines():
         if line.startswith("```"):
             fenced = not fenced
             continue
@@ -52,8 +64,8 @@ def shell_lines() -> list[str]:
     return [l for l in lines if l]
 
 
-def sql_statements() -> list[str]:
-    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+def sql_statements(docs=SQL_DOCS) -> list[str]:
+    blocks = [b for doc in docs for b in re.findall(r"```sql\n(.*?)```", doc.read_text(), re.S)]
     code = "\n".join(re.sub(r"--.*$", "", line) for block in blocks for line in block.splitlines())
     return [s.strip() for s in code.split(";") if s.strip()]
 
@@ -73,13 +85,13 @@ def workdir(runner, tmp_path_factory):
 
 
 def test_readme_has_commands():
-    lines = shell_lines()
+    lines = shell_lines([README])
     assert any(l.startswith("gpt2sql generate") for l in lines) and any("psql" in l for l in lines)
-    assert len(sql_statements()) >= 5
+    assert len(sql_statements([README])) >= 5
 
 
 def test_every_gpt2sql_command_parses():
-    """Options and subcommands in README exist (also for the lines that are not run)."""
+    """Options and subcommands in the docs exist (also for the lines that are not run)."""
     import click
 
     from gpt2sql.main import cli
@@ -103,7 +115,7 @@ def test_readme_shell_lines_run(dsn, workdir):
             continue
         result = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
                                 stdin=subprocess.DEVNULL)
-        assert result.returncode == 0, f"README line failed: {line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert result.returncode == 0, f"documented line failed: {line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         assert "Traceback" not in result.stderr, line
         ran += 1
     assert ran >= 15
@@ -195,7 +207,7 @@ def test_readme_sql_runs_and_returns_what_it_should(dsn, workdir):
             for pattern, check in SQL_CHECKS:
                 if re.search(pattern, statement, re.S):
                     result = check(conn, workdir, rows)  # asserts, or says True / False
-                    assert result is None or result is True, f"README statement returned {rows!r}:\n{statement}"
+                    assert result is None or result is True, f"documented statement returned {rows!r}:\n{statement}"
                     checked.add(pattern)
     missing = [pattern for pattern, _ in SQL_CHECKS if pattern not in checked]
-    assert not missing, f"no README statement matches {missing}: README changed, update SQL_CHECKS"
+    assert not missing, f"no documented statement matches {missing}: the docs changed, update SQL_CHECKS"

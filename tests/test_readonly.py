@@ -1,7 +1,7 @@
-"""A read-only role, set up as README's "Read-only users" says: it generates, changes
-nothing, keeps its access when a model is reloaded, and a missing grant says so.
+"""A read-only role, set up as docs/operations.md's "Read-only users" says: it generates,
+changes nothing, keeps its access when a model is reloaded, and a missing grant says so.
 
-The roles are real (CREATE ROLE on the test server); the GRANTs are read from README.
+The roles are real (CREATE ROLE on the test server); the GRANTs are read from the docs.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from psycopg import sql
 import synthetic
 from test_loader import TINY, assert_one_line_error
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
 
 def readme_grants(reader: str, owner: str, schema: str, future: bool) -> list[str]:
-    """README's GRANT block, for these names; future: with the ALTER DEFAULT PRIVILEGES lines."""
-    section = README.read_text().split("## Read-only users", 1)[1].split("\n## ", 1)[0]
+    """The docs' GRANT block, for these names; future: with the ALTER DEFAULT PRIVILEGES lines."""
+    section = OPERATIONS.read_text().split("## Read-only users", 1)[1].split("\n## ", 1)[0]
     block = [line.strip() for line in section.splitlines() if line.startswith("    ")]
     statements = [re.sub(r"\s*--.*$", "", line) for line in block]
     statements = [s for s in statements if s and (future or "DEFAULT PRIVILEGES" not in s)]
