@@ -7,7 +7,7 @@ query is timed inside the server (best of --reps, so no client round trip and th
 disturbed run): mlp.c_fc (768 -> 3,072, GELU) through the linear kernels at 1-16 positions,
 the same products with no kernel around them, the LM head, and the passes over 50,257
 logits that every decode step makes for each sequence (logsumexp, argmax), beside the
-unnest() forms they replaced. The README's per-product figures come from here.
+unnest() forms they replaced. docs/performance.md's per-product figures come from here.
 """
 
 from __future__ import annotations

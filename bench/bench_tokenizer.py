@@ -66,7 +66,7 @@ def bench_text(conn, enc, name: str, text: str, runs: int) -> dict:
 @click.option("--dsn", default=None, envvar="GPT2SQL_DSN", help="PostgreSQL with pgvector. Default: the embedded server.")
 @click.option("--runs", default=9, show_default=True, type=click.IntRange(1), help="Timed runs per text (median).")
 @click.option("--long-word", "letters", default=2000, show_default=True, type=click.IntRange(1),
-              help="Letters in the random word (100000: README's long-word limit).")
+              help="Letters in the random word (100000: docs/performance.md's long word).")
 def main(dsn: str | None, runs: int, letters: int) -> None:
     """Benchmark gpt2.tokenize against tiktoken: English, Python, and one long random word."""
     from gpt2sql import db

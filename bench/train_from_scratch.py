@@ -1,6 +1,6 @@
 """Train a small GPT-2 from scratch, in SQL, on Pride and Prejudice (public domain).
 
-    python bench/train_from_scratch.py                       # the run behind README's loss curve
+    python bench/train_from_scratch.py                       # the run behind docs/train_loss.png
     python bench/train_from_scratch.py --steps 20 --eval-every 10    # a short one
 
 A model with GPT-2's own initialization (gpt2sql init: every token about equally likely, loss

@@ -62,7 +62,7 @@ def score_cmd(ctx, text, model, top, as_json, width):
     """Each token's logprob and rank in TEXT, and the perplexity.
 
     Each token is scored given <|endoftext|> and the tokens before it. A text longer than
-    the context is scored in windows (README: "Glass box"). TEXT '-' reads standard input
+    the context is scored in windows (docs/glass-box.md). TEXT '-' reads standard input
     verbatim. rank 1 = the model's most likely token. Tokens show as in tokenize --show
     (a space as '␣'; see its --help).
     """

@@ -160,9 +160,8 @@ def read_config(directory: Path) -> HParams:
 # models; tests/test_checkpoint.py checks each edge):
 # - a weight row (wte, wpe, a Conv1D input chunk) is STORAGE PLAIN and must fit one 8 kB page:
 #   gpt2.chunk_dims cuts Conv1D inputs at 2000 float32 / 4000 float16 numbers. wte and wpe rows
-#   are n_embd wide and not cut (float32: 2024 still fits the page, 2032 does not), and mlp.c_fc's
-#   GELU is applied per chunk (sql/40_linear.sql), so n_embd must fit one chunk: 2024 in float32
-#   loads and computes wrong logits.
+#   are n_embd wide and not cut (float32: 2024 still fits the page, 2032 does not), so n_embd is
+#   held to the chunk width, where every row of every table fits.
 # - pgvector holds at most 16,000 dimensions: the MLP's hidden vector (n_inner), and the KV
 #   cache's transposed values, one vector over all positions per head (n_positions).
 ROW_FLOATS = {"float32": 2000, "float16": 4000}  # = gpt2.chunk_dims' widths (sql/20_model_tables.sql)

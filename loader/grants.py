@@ -4,7 +4,7 @@ A load builds the new tables in a fresh schema and renames it over the old one, 
 privileges belong to objects, not names: without this, a read-only role that was granted
 USAGE on model_gpt2 and SELECT on its tables would lose them at every reload. The copy
 runs inside the load's transaction, so the new schema appears with its grants at once.
-(Models loaded for the first time get theirs from ALTER DEFAULT PRIVILEGES: README.)
+(Models loaded for the first time get theirs from ALTER DEFAULT PRIVILEGES: docs/operations.md.)
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Unrolling, for the kernels that read each weight row once for several positions
--- (sql/40_linear.sql): a query is written for one position with '@' for its number, inside
+-- (sql/50_linear.sql): a query is written for one position with '@' for its number, inside
 -- {{ }}; gpt2.unroll repeats each {{...}} for @ = 1..g, comma-separated, and writes g for %G.
 --   gpt2.unroll('SELECT {{x@ * 2 AS y@}} -- %G', 3) = 'SELECT x1 * 2 AS y1, x2 * 2 AS y2, x3 * 2 AS y3 -- 3'
 CREATE OR REPLACE FUNCTION gpt2.unroll(template text, g int) RETURNS text

@@ -14,13 +14,10 @@
 --                     executor (the query is unrolled %G times: gpt2.unroll, stage 0), so the
 --                     row overhead is shared by %G products. %G is 2, 4, 8 or 16, the smallest
 --                     that holds the positions (gpt2.kernel_width): an unrolled product costs
---                     time even when its position is empty (NULL), so 2 positions take 7.6 ms
---                     of c_fc in a group of 16 and 2.6 ms in a group of 2.
+--                     time even when its position is empty (NULL).
 -- act is 'gelu' for mlp.c_fc (gpt2.activation, stage 3b), applied to each number as it is made: a pass of
 -- its own over the vectors would cost twice as much (unnest, then rebuild).
--- Measured by bench/bench_kernels.py on GPT-2 124M's c_fc (768 x 3,072, float16 weights),
--- per product on one core: ~0.55 us in linear_1, ~0.33 us in linear_16, and ~0.2 us for 16
--- bare products per row with nothing around them.
+-- What a product costs in each kernel: docs/performance.md (bench/bench_kernels.py).
 --
 -- subtle: the products are computed in a subquery fenced with OFFSET 0 and used from
 --   above: an expression like gelu(b - (w <#> x)) would inline gelu's body, which names
@@ -170,7 +167,7 @@ END $do$;
 CREATE OR REPLACE FUNCTION gpt2.transpose(a real[]) RETURNS vector[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     -- subtle: subscripts of a 2-D real[] (fixed-size elements, no NULLs) cost the same wherever
-    --   they land; unnest + array_agg would sort every number (measured: 0.08 against 0.3 us each)
+    --   they land; unnest + array_agg would sort every number (about 4x slower)
     SELECT ARRAY(SELECT ARRAY(SELECT a[t][j] FROM generate_series(1, array_length(a, 1)) AS t)::vector
                  FROM generate_series(1, array_length(a, 2)) AS j)
 $$;

@@ -21,7 +21,7 @@
 -- all positions at once. A decode step appends one position to kv_v; every
 -- gpt2.kv_fold_every positions kv_v is folded into kv_vt (a prefill folds at once), each
 -- layer at a position of its own (gpt2.kv_fold_due): folding every layer in the same step
--- made that step ~3x as long as the others (400 ms for 124M), a stutter in the stream.
+-- made that step ~3x as long as the others, a stutter in the stream.
 -- Sequences: generation uses 0, 1, ... (one per prompt); the glass box and training use
 -- negative numbers, so they never touch a generation in progress.
 --

@@ -24,8 +24,8 @@
 --   busy) the leader computes the units itself, as in a serial plan.
 -- subtle: a generic plan (plan_cache_mode): a custom one would inline xs into the plan as a
 --   constant, and the plan travels to the workers as text.
--- subtle: below gpt2.parallel_min() positions a worker costs more than it saves (~6-20 ms to
---   start one and plan its statements); the work then runs in the calling process.
+-- subtle: below gpt2.parallel_min() positions a worker costs more than it saves (starting one
+--   and planning its statements); the work then runs in the calling process.
 -- subtle: workers see no temporary table (the KV cache): the units read only their arguments
 --   and the model's tables.
 

@@ -22,9 +22,8 @@ END
 $$;
 
 -- A decode step pays the next two for every sequence, over all n_vocab logits: they walk the
--- array in PL/pgSQL loops, which cost less than unnest() and aggregates (GPT-2's 50,257
--- logits, bench/bench_kernels.py: 7.8 ms instead of 15.7 for logsumexp, 5.7 ms instead of
--- 9.0 for argmax by ORDER BY ... LIMIT 1).
+-- array in PL/pgSQL loops, which cost half as much as unnest() and aggregates, or argmax by
+-- ORDER BY ... LIMIT 1 (docs/performance.md, bench/bench_kernels.py).
 
 -- log sum exp of the logits (the log of softmax's denominator), shifted by the maximum.
 CREATE OR REPLACE FUNCTION gpt2.logsumexp(logits float8[]) RETURNS float8

@@ -103,7 +103,7 @@ END
 $$;
 
 -- What a model needs before its gradients can be taken: float32 weights, and the transposed
--- weights (made once; 124M: ~10 s). A role that may only read the model gets a one-line error.
+-- weights (made once: docs/training.md says how long). A role that may only read the model gets a one-line error.
 CREATE OR REPLACE FUNCTION gpt2.prepare_backward() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -550,14 +550,18 @@ BEGIN
         RAISE EXCEPTION 'model "%" exists', clash
             USING HINT = CASE WHEN clash = target THEN 'choose another name, or replace it' ELSE 'choose another name: they share a schema' END;
     END IF;
-    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', staging);
+    IF to_regnamespace(staging) IS NOT NULL THEN                 -- (IF EXISTS would say "skipping")
+        EXECUTE format('DROP SCHEMA %I CASCADE', staging);
+    END IF;
     PERFORM gpt2.create_model_tables(staging, m.dtype);
     FOREACH t IN ARRAY ARRAY['wte', 'wpe', 'ln', 'conv1d'] LOOP
         EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', staging, t, m.schema_name, t);
     END LOOP;
     PERFORM gpt2.finish_model_tables(staging);
     DELETE FROM gpt2.models WHERE name = target;
-    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', schema);
+    IF to_regnamespace(schema) IS NOT NULL THEN
+        EXECUTE format('DROP SCHEMA %I CASCADE', schema);
+    END IF;
     EXECUTE format('ALTER SCHEMA %I RENAME TO %I', staging, schema);
     INSERT INTO gpt2.models (name, schema_name, n_layer, n_head, n_embd, n_inner, n_positions, n_vocab,
                              layer_norm_epsilon, dtype, source, layout)
@@ -597,6 +601,7 @@ BEGIN
     IF NOT (lr > 0 AND lr < 'Infinity') THEN RAISE EXCEPTION 'lr must be > 0 and finite, got %', lr; END IF;
     IF min_lr IS NOT NULL AND NOT (min_lr >= 0 AND min_lr <= lr) THEN RAISE EXCEPTION 'min_lr must be between 0 and lr, got %', min_lr; END IF;
     IF warmup IS NULL OR warmup < 0 THEN RAISE EXCEPTION 'warmup must be >= 0, got %', warmup; END IF;
+    warmup := least(warmup, steps - 1);                            -- a short run still reaches lr
     PERFORM gpt2.require_float32(m);
     BEGIN                                                          -- the documents, by the user's query
         EXECUTE format('SELECT array_agg(q.t::text) FROM (%s) AS q(t)', query) INTO docs;

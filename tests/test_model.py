@@ -58,7 +58,7 @@ def recorded_run(conn, model: str, prompts: list[list[int]]) -> tuple[np.ndarray
     return np.array(final, dtype=np.float64), tape
 
 
-SITES = ["resid_pre", "qkv", "z", "attn_out", "resid_mid", "mlp_pre", "mlp_out"]
+SITES = ["resid_pre", "qkv", "z", "attn_out", "resid_mid", "mlp_pre", "mlp_post", "mlp_out"]
 # position counts on both sides of every kernel width (2, 4, 8, 16) and of the parallel threshold (32)
 LENGTHS = [1, 2, 3, 5, 9, 17, 31, 32, 33, 64]
 
