@@ -2,7 +2,7 @@
 
     python bench/bench_generate.py                      # 124M: prefill and decode at 64-960 tokens
     python bench/bench_generate.py --sizes gpt2-medium,gpt2-large,gpt2-xl --lengths 64 --dtypes float16
-    python bench/bench_generate.py --batch              # 1-16 prompts decoded together
+    python bench/bench_generate.py --batch              # 1-64 prompts decoded together
     python bench/bench_generate.py --one-core --dtypes float16   # SQL without parallel workers
 
 Random weights in the shapes of the GPT-2 sizes (the timings depend on shapes only), loaded
@@ -110,21 +110,23 @@ def bench_lengths(conn, size: str, directory: Path, dtypes, lengths, steps) -> N
         drop_model(conn, name)
 
 
-def bench_batch(conn, directory: Path, steps: int = 24) -> None:
-    """1, 2, 4, 8, 16 prompts of different lengths, `steps` new tokens each, greedy, float16."""
+def bench_batch(conn, directory: Path, sizes: list[int], steps: int = 24) -> None:
+    """Batches of `sizes` prompts of different lengths, `steps` new tokens each, greedy, float16.
+    Past 16 prompts the (prompt, head) units of a prefill outnumber gpt2.units' rows and run in
+    rounds (sql/75_parallel.sql)."""
     from gpt2sql.loader.model import drop_model
 
     reference = NumpyGPT2(directory)
     name = "bench-batch"
     load(conn, directory, name, "float16")
     lengths = [12, 31, 7, 24, 18, 40, 9, 27, 15, 36, 5, 21, 33, 11, 29, 16]
-    prompts = [prompt_of(conn, n) for n in lengths]
+    prompts = [prompt_of(conn, lengths[i % len(lengths)] + i // len(lengths)) for i in range(max(sizes))]
     conn.execute("SELECT gpt2.complete_batch(%s, %s, 3, 0)", (prompts[:2], name))  # warm
     print(f"\nBatches: prompts of 5-40 tokens, {steps} new tokens each, greedy, float16, beside NumPy float32\n")
     print("| prompts | SQL | tokens/s | x one prompt | NumPy | tokens/s | x |")
     print("|---|---|---|---|---|---|---|")
     alone = None
-    for b in (1, 2, 4, 8, 16):
+    for b in sizes:
         start = time.perf_counter()
         rows = conn.execute("SELECT count(*) FROM gpt2.generate_batch(%s, %s, %s, 0)",
                             (prompts[:b], name, steps)).fetchone()[0]
@@ -150,6 +152,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float16,float32")
     parser.add_argument("--steps", type=int, default=10, help="decode steps timed at each length (median)")
     parser.add_argument("--batch", action="store_true", help="the batch curve (gpt2's shapes) instead")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="with --batch: prompts per batch")
     parser.add_argument("--one-core", action="store_true",
                         help="no parallel workers (max_parallel_workers = 0): what both cores win")
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main() -> None:
         try:
             directory = synthetic.write_checkpoint(tmp, n_layer=n_layer, n_embd=n_embd, n_head=n_head, seed=0)
             if args.batch:
-                bench_batch(conn, directory)
+                bench_batch(conn, directory, [int(b) for b in args.batch_sizes.split(",")])
             else:
                 bench_lengths(conn, size, directory, args.dtypes.split(","), [int(n) for n in args.lengths.split(",")],
                               args.steps)
