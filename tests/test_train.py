@@ -307,19 +307,42 @@ def test_a_model_trained_from_scratch_learns(conn, runner):
 
     text = (Path(__file__).resolve().parents[1] / "bench" / "data" / "pride_and_prejudice.txt").read_text()
     starts = [m.start() for m in re.finditer(r"\nChapter \d+\n", text)]
-    train, held = text[: starts[2]], text[starts[14]: starts[14] + 1500]
+    train, held = text[: starts[1]], text[starts[14]: starts[14] + 1500]
     assert runner(["init", "learn-init", "--layers", "1", "--heads", "2", "--width", "32", "--context", "64"]).exit_code == 0
     conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS learn_book (body text)")
     conn.execute("TRUNCATE learn_book")
     conn.execute("INSERT INTO learn_book VALUES (%s)", (train,))
     conn.execute("""SELECT * FROM gpt2.train_start('learn-init', 'SELECT body FROM pg_temp.learn_book', 'learn',
-                    steps => 30, batch_size => 2, block_size => 32, lr => 1e-2, warmup => 2, replace => true)""")
+                    steps => 20, batch_size => 1, block_size => 32, lr => 1e-2, warmup => 2, replace => true)""")
     ids = conn.execute("SELECT gpt2.tokenize(%s)", (held,)).fetchone()[0]
     pieces = [conn.execute("SELECT gpt2.detokenize(%s)", (ids[i:i + 64],)).fetchone()[0] for i in range(0, len(ids), 64)]
     held_out = [conn.execute("SELECT gpt2.loss(%s, 'learn')", (pieces,)).fetchone()[0]]
     conn.execute("CALL gpt2.train('learn')")
     held_out.append(conn.execute("SELECT gpt2.loss(%s, 'learn')", (pieces,)).fetchone()[0])
     losses = [r[0] for r in conn.execute("SELECT loss FROM gpt2.train_log WHERE model = 'learn' ORDER BY step")]
-    assert len(losses) == 30 and abs(losses[0] - math.log(50257)) < 0.1, losses[:3]
-    assert max(losses[-5:]) < losses[0] - 2, losses        # it learns the training text ...
+    assert len(losses) == 20 and abs(losses[0] - math.log(50257)) < 0.1, losses[:3]
+    # measured: 10.8 -> 8.4 (the last 5 steps' mean; one block a step is noisy), held out 10.8 -> 8.6
+    assert sum(losses[-5:]) / 5 < losses[0] - 2, losses    # it learns the training text ...
     assert held_out[1] < held_out[0] - 1.5, held_out       # ... and what carries over to text it never saw
+
+
+def test_a_generation_on_the_source_is_undisturbed_by_training_a_copy(dsn, conn, tiny_model):
+    """A stream on the source model goes on with exactly its tokens while another connection
+    copies the model and takes training steps on the copy."""
+    from gpt2sql import db
+
+    def tokens(trainer=None):
+        conn.execute("SELECT gpt2.generate_start('Once upon a time', 'run-src', max_tokens => 6, temperature => 0)")
+        out = [conn.execute("SELECT id FROM gpt2.generate_next()").fetchone()[0] for _ in range(3)]
+        if trainer:
+            trainer()
+        return out + [conn.execute("SELECT id FROM gpt2.generate_next()").fetchone()[0] for _ in range(3)]
+
+    def train():
+        with db.connect(dsn) as other:
+            other.execute(f"SELECT * FROM gpt2.train_start('run-src', %s, 'run-beside', steps => 2, batch_size => 1, "
+                          "block_size => 8, replace => true)", (DOCS,))
+            other.execute("CALL gpt2.train('run-beside')")
+
+    assert tokens(train) == tokens()
+    assert conn.execute("SELECT step FROM gpt2.models WHERE name = 'run-beside'").fetchone()[0] == 2
