@@ -93,14 +93,22 @@ CREATE TYPE gpt2.lm_grad AS (
     dwte vector[]      -- [n_vocab] of [n_embd]
 );
 
-CREATE OR REPLACE FUNCTION gpt2.lm_backward(xs vector[], targets int[], scale float8) RETURNS gpt2.lm_grad
-LANGUAGE plpgsql AS $$
+-- What gpt2.lm_rows gives back for up to 16 rows.
+CREATE TYPE gpt2.lm_part AS (
+    loss float8,       -- the sum over its rows
+    dx   vector[],     -- [rows] of [n_embd]
+    dl   real[]        -- [rows, n_vocab] dlogits
+);
+
+-- Up to 16 rows: their logits (one pass over wte), (softmax - onehot) * scale, and dx (the
+-- kernels over wte^T, chunk by chunk). Read-only: it runs in parallel units.
+CREATE OR REPLACE FUNCTION gpt2.lm_rows(xs vector[], targets int[], scale float8) RETURNS gpt2.lm_part
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
-    unit int := gpt2.parallel_unit();
+    unit int := cardinality(xs);
     width int := gpt2.chunk_dims(m.n_vocab, 'float32');            -- wte^T's chunks of the vocabulary
-    n int := cardinality(xs);
-    logits float8[];                                               -- [unit, n_vocab]
+    logits float8[] := gpt2.head(xs);                              -- [unit, n_vocab]
     lrow float8[];                                                 -- [1, n_vocab] one row of them
     target int;
     v float8;
@@ -109,56 +117,97 @@ DECLARE
     c int;
     ones vector[] := ARRAY(SELECT gpt2.fill(1, least(width, m.n_vocab - k * width)) FROM generate_series(0, (m.n_vocab - 1) / width) AS k);
     dl real[];                                                     -- [n_vocab] its row of dlogits
-    chunks vector[];                                               -- [n_chunks * unit] its pieces, chunk-major
+    chunks vector[] := '{}';                                       -- [n_chunks * unit] the rows' pieces, chunk-major
     part vector[];
-    acc vector[];
-    r gpt2.lm_grad;
+    r gpt2.lm_part := ROW(0, NULL, '{}');
 BEGIN
-    r := ROW(0, '{}', NULL);
-    IF to_regclass('pg_temp.lm_dlogits') IS NULL THEN
-        CREATE TEMPORARY TABLE lm_dlogits (i int, row real[]);
-        ALTER TABLE lm_dlogits ALTER COLUMN row SET STORAGE EXTERNAL;    -- floats do not compress: do not try
-    END IF;
-    TRUNCATE lm_dlogits;
-    FOR start IN 1 .. n BY unit LOOP
-        logits := gpt2.head(xs[start:start + unit - 1]);
-        chunks := '{}';
-        FOR i IN 1 .. array_length(logits, 1) LOOP                 -- each row: (softmax - onehot) * scale
-            target := targets[start + i - 1];
-            lrow := logits[i:i];
-            mx := '-Infinity';
-            FOREACH v IN ARRAY lrow LOOP                           -- (a PL/pgSQL loop: half the time of max())
-                IF v > mx THEN mx := v; END IF;
-            END LOOP;
-            -- one pass over the row for exp; sums and scaling are pgvector's, on its chunks
-            -- subtle: below e^-87 a float32 is 0 next to the maximum's 1, and the cast would RAISE
-            dl := ARRAY(SELECT exp(greatest(l - mx, -87)) FROM unnest(lrow) AS l);
-            z := 0;
-            FOR c IN 0 .. (m.n_vocab - 1) / width LOOP
-                chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;
-                z := z - (chunks[c * unit + i] <#> ones[c + 1]);
-            END LOOP;
-            r.loss := r.loss + mx + ln(z) - lrow[1][target + 1];   -- log sum exp - the target's logit
-            dl := '{}';
-            FOR c IN 0 .. (m.n_vocab - 1) / width LOOP             -- (exp / z - onehot) * scale
-                chunks[c * unit + i] := chunks[c * unit + i] * gpt2.fill(scale / z, vector_dims(chunks[c * unit + i]));
-                dl := dl || chunks[c * unit + i]::real[];
-            END LOOP;
-            dl[target + 1] := dl[target + 1] - scale;
-            c := target / width;
+    FOR i IN 1 .. unit LOOP                                        -- each row: (softmax - onehot) * scale
+        target := targets[i];
+        lrow := logits[i:i];
+        mx := '-Infinity';
+        FOREACH v IN ARRAY lrow LOOP                               -- (a PL/pgSQL loop: half the time of max())
+            IF v > mx THEN mx := v; END IF;
+        END LOOP;
+        -- one pass over the row for exp; sums and scaling are pgvector's, on its chunks
+        -- subtle: below e^-87 a float32 is 0 next to the maximum's 1, and the cast would RAISE
+        dl := ARRAY(SELECT exp(greatest(l - mx, -87)) FROM unnest(lrow) AS l);
+        z := 0;
+        FOR c IN 0 .. (m.n_vocab - 1) / width LOOP
             chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;
-            INSERT INTO lm_dlogits VALUES (start + i - 1, dl);
+            z := z - (chunks[c * unit + i] <#> ones[c + 1]);
         END LOOP;
-        acc := NULL;
-        FOR c IN 0 .. (m.n_vocab - 1) / width LOOP                 -- dx = dlogits @ wte, chunk by chunk
-            part := gpt2.linear_chunk('wte^T', 0, c, chunks[c * unit + 1 : c * unit + array_length(logits, 1)], NULL);
-            acc := CASE WHEN acc IS NULL THEN part ELSE gpt2.add(acc, part) END;
+        r.loss := r.loss + mx + ln(z) - lrow[1][target + 1];       -- log sum exp - the target's logit
+        dl := '{}';
+        FOR c IN 0 .. (m.n_vocab - 1) / width LOOP                 -- (exp / z - onehot) * scale
+            chunks[c * unit + i] := chunks[c * unit + i] * gpt2.fill(scale / z, vector_dims(chunks[c * unit + i]));
+            dl := dl || chunks[c * unit + i]::real[];
         END LOOP;
-        r.dx := r.dx || acc;
+        dl[target + 1] := dl[target + 1] - scale;
+        c := target / width;
+        chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;
+        r.dl := r.dl || ARRAY[dl];                                 -- (one more row of the 2-D array)
     END LOOP;
+    FOR c IN 0 .. (m.n_vocab - 1) / width LOOP                     -- dx = dlogits @ wte, chunk by chunk
+        part := gpt2.linear_chunk('wte^T', 0, c, chunks[c * unit + 1 : c * unit + unit], NULL);
+        r.dx := CASE WHEN r.dx IS NULL THEN part ELSE gpt2.add(r.dx, part) END;
+    END LOOP;
+    RETURN r;
+END
+$$;
+
+-- lm_rows of units u0 .. u0 + count - 1: unit g is rows 16 g + 1 .. 16 g + 16.
+CREATE OR REPLACE FUNCTION gpt2.lm_units(xs vector[], targets int[], scale float8, u0 int, count int)
+RETURNS TABLE (g int, r gpt2.lm_part)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    unit int := gpt2.parallel_unit();
+BEGIN
+    RETURN QUERY
+    SELECT u0 + u.g, gpt2.lm_rows(xs[(u0 + u.g) * unit + 1 : (u0 + u.g + 1) * unit],
+                                  targets[(u0 + u.g) * unit + 1 : (u0 + u.g + 1) * unit], scale)
+    FROM gpt2.units u
+    WHERE u.g < count;
+END
+$$;
+
+DO $do$ DECLARE setting text; BEGIN
+    FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
+                                   'parallel_leader_participation = off', 'parallel_setup_cost = 0',
+                                   'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
+        EXECUTE format('ALTER FUNCTION gpt2.lm_units(vector[], int[], float8, int, int) SET %s', setting);
+    END LOOP;
+END $do$;
+
+-- The loss and gradients of every row: lm_rows in units of 16 rows (on both cores from 32
+-- rows on), then dwte from all rows at once.
+CREATE OR REPLACE FUNCTION gpt2.lm_backward(xs vector[], targets int[], scale float8) RETURNS gpt2.lm_grad
+LANGUAGE plpgsql AS $$
+DECLARE
+    unit int := gpt2.parallel_unit();
+    n_units int := (cardinality(xs) - 1) / unit + 1;
+    dl real[] := '{}';                                             -- [n, n_vocab] every row's dlogits
+    p record;
+    r gpt2.lm_grad := ROW(0, '{}', NULL);
+BEGIN
+    IF cardinality(xs) < gpt2.parallel_min() THEN
+        FOR g IN 0 .. n_units - 1 LOOP
+            p := gpt2.lm_rows(xs[g * unit + 1 : g * unit + unit], targets[g * unit + 1 : g * unit + unit], scale);
+            r.loss := r.loss + p.loss;
+            r.dx := r.dx || p.dx;
+            dl := dl || p.dl;
+        END LOOP;
+    ELSE
+        FOR u0 IN 0 .. n_units - 1 BY gpt2.parallel_round() LOOP
+            FOR p IN SELECT (u.r).* FROM gpt2.lm_units(xs, targets, scale, u0, least(gpt2.parallel_round(), n_units - u0)) AS u
+                     ORDER BY u.g LOOP
+                r.loss := r.loss + p.loss;
+                r.dx := r.dx || p.dx;
+                dl := dl || p.dl;
+            END LOOP;
+        END LOOP;
+    END IF;
     -- dwte[v] = sum over rows of dlogits[row][v] * x[row]: products of columns over rows
-    r.dwte := gpt2.products(gpt2.transpose(xs), gpt2.transpose(ARRAY(SELECT l.row FROM lm_dlogits l ORDER BY l.i)));
-    TRUNCATE lm_dlogits;
+    r.dwte := gpt2.products(gpt2.transpose(xs), gpt2.transpose(dl));
     RETURN r;
 END
 $$;

@@ -69,35 +69,87 @@ BEGIN
 END
 $$;
 
--- (Re)write the transposed rows of a Conv1D weight (tensor^T: one per input i, W[i, :] in
--- chunks over the outputs) or of wte (wte^T: one per embedding dimension, in chunks over the
--- vocabulary) from the current weights.
-CREATE OR REPLACE FUNCTION gpt2.write_transposed(tensor text, layer int) RETURNS void
-LANGUAGE plpgsql AS $$
+-- The transposed rows of a Conv1D weight (tensor^T: one per input i, W[i, :] in chunks over
+-- the outputs) or of wte (wte^T: one per embedding dimension, in chunks over the vocabulary):
+-- how many chunks, and chunk k's rows from the current weights (cols: their col, ws: their w).
+CREATE OR REPLACE FUNCTION gpt2.transposed_chunks(tensor text, layer int) RETURNS int
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
-    n_rows int;                                                    -- rows of the weight as stored: tokens, or outputs
-    width int;
-    wm real[];                                                     -- [width, n_cols] one chunk of those rows
+    n_rows int := CASE WHEN tensor = 'wte' THEN m.n_vocab                -- rows of the weight as stored
+                       ELSE (SELECT count(*) FROM conv1d c WHERE c.tensor = transposed_chunks.tensor
+                                                             AND c.layer = transposed_chunks.layer AND c.chunk = 0) END;
 BEGIN
-    n_rows := CASE WHEN tensor = 'wte' THEN m.n_vocab
-                   ELSE (SELECT count(*) FROM conv1d c WHERE c.tensor = write_transposed.tensor
-                                                         AND c.layer = write_transposed.layer AND c.chunk = 0) END;
-    width := gpt2.chunk_dims(n_rows, 'float32');
-    FOR k IN 0 .. (n_rows - 1) / width LOOP                        -- a chunk at a time: arrays of a few MB
-        IF tensor = 'wte' THEN                                     -- [n_vocab, n_embd]
-            wm := ARRAY(SELECT e.w::vector::real[] FROM wte e WHERE e.token BETWEEN k * width AND (k + 1) * width - 1
-                        ORDER BY e.token);
-        ELSE                                                       -- W^T [n_out, n_in]: conv1d's rows by output
-            wm := ARRAY(SELECT gpt2.vcat(c.w::vector ORDER BY c.chunk)::real[] FROM conv1d c
-                        WHERE c.tensor = write_transposed.tensor AND c.layer = write_transposed.layer
-                          AND c.col BETWEEN k * width AND (k + 1) * width - 1
-                        GROUP BY c.col ORDER BY c.col);
-        END IF;
-        INSERT INTO conv1d AS o (tensor, layer, chunk, col, w, b)
-        SELECT write_transposed.tensor || '^T', write_transposed.layer, k, (r.j - 1)::int, r.v, 0
-        FROM unnest(gpt2.transpose(wm)) WITH ORDINALITY AS r(v, j)
-        ON CONFLICT ON CONSTRAINT conv1d_pkey DO UPDATE SET w = EXCLUDED.w;
+    RETURN (n_rows - 1) / gpt2.chunk_dims(n_rows, 'float32') + 1;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gpt2.transposed_rows(tensor text, layer int, k int, OUT cols int[], OUT ws vector[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m gpt2.models := gpt2.current_model();
+    n_rows int := CASE WHEN tensor = 'wte' THEN m.n_vocab
+                       ELSE (SELECT count(*) FROM conv1d c WHERE c.tensor = transposed_rows.tensor
+                                                             AND c.layer = transposed_rows.layer AND c.chunk = 0) END;
+    width int := gpt2.chunk_dims(n_rows, 'float32');
+    wm real[];                                                     -- [width, n_cols] chunk k of the rows as stored
+BEGIN
+    IF tensor = 'wte' THEN                                         -- [n_vocab, n_embd]
+        wm := ARRAY(SELECT e.w::vector::real[] FROM wte e WHERE e.token BETWEEN k * width AND (k + 1) * width - 1
+                    ORDER BY e.token);
+    ELSE                                                           -- W^T [n_out, n_in]: conv1d's rows by output
+        wm := ARRAY(SELECT gpt2.vcat(c.w::vector ORDER BY c.chunk)::real[] FROM conv1d c
+                    WHERE c.tensor = transposed_rows.tensor AND c.layer = transposed_rows.layer
+                      AND c.col BETWEEN k * width AND (k + 1) * width - 1
+                    GROUP BY c.col ORDER BY c.col);
+    END IF;
+    ws := gpt2.transpose(wm);                                      -- (a chunk at a time: arrays of a few MB)
+    cols := ARRAY(SELECT generate_series(0, cardinality(ws) - 1));
+END
+$$;
+
+-- Write rows of tensor^T (chunk k: cols, ws).
+CREATE OR REPLACE FUNCTION gpt2.write_transposed(tensor text, layer int, k int, cols int[], ws vector[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO conv1d AS o (tensor, layer, chunk, col, w, b)
+    SELECT write_transposed.tensor || '^T', write_transposed.layer, k, u.c, u.w, 0 FROM unnest(cols, ws) AS u(c, w)
+    ON CONFLICT ON CONSTRAINT conv1d_pkey DO UPDATE SET w = EXCLUDED.w;
+END
+$$;
+
+-- transposed_rows of units u0 .. u0 + count - 1 (unit j: tensors[j], layers[j], chunk ks[j]).
+CREATE OR REPLACE FUNCTION gpt2.transposed_units(tensors text[], layers int[], ks int[], u0 int, count int)
+RETURNS TABLE (g int, cols int[], ws vector[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT j.k, r.cols, r.ws
+    FROM gpt2.units u, LATERAL (SELECT u0 + u.g + 1 AS k OFFSET 0) AS j,
+         LATERAL gpt2.transposed_rows(tensors[j.k], layers[j.k], ks[j.k]) AS r
+    WHERE u.g < count;
+END
+$$;
+
+-- Every transposed weight of the current model, from its weights as they are now: the chunks
+-- in parallel units, written by this process.
+CREATE OR REPLACE FUNCTION gpt2.write_all_transposed() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    tensors text[];
+    layers int[];
+    ks int[];
+    round int := gpt2.parallel_round();
+    r record;
+BEGIN
+    SELECT array_agg(p.tensor ORDER BY p.name, k), array_agg(p.layer ORDER BY p.name, k), array_agg(k ORDER BY p.name, k)
+    INTO tensors, layers, ks
+    FROM gpt2.parameters() AS p, generate_series(0, gpt2.transposed_chunks(p.tensor, p.layer) - 1) AS k
+    WHERE p.kind IN ('wte', 'conv1d_w');
+    FOR u0 IN 0 .. cardinality(tensors) - 1 BY round LOOP
+        FOR r IN SELECT * FROM gpt2.transposed_units(tensors, layers, ks, u0, least(round, cardinality(tensors) - u0)) LOOP
+            PERFORM gpt2.write_transposed(tensors[r.g], layers[r.g], ks[r.g], r.cols, r.ws);
+        END LOOP;
     END LOOP;
 END
 $$;
@@ -108,7 +160,6 @@ CREATE OR REPLACE FUNCTION gpt2.prepare_backward() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.current_model();
-    p record;
 BEGIN
     PERFORM gpt2.require_float32(m);
     IF EXISTS (SELECT FROM conv1d WHERE tensor = 'wte^T') THEN
@@ -118,10 +169,7 @@ BEGIN
         RAISE EXCEPTION 'model "%" has no transposed weights yet, and this role may not add them', m.name
             USING HINT = format('its owner can run once: SELECT gpt2.use_model(%L); SELECT gpt2.prepare_backward();', m.name);
     END IF;
-    FOR p IN SELECT * FROM gpt2.parameters() WHERE kind IN ('wte', 'conv1d_w') LOOP
-        PERFORM gpt2.write_transposed(p.tensor, p.layer);
-        PERFORM gpt2.progress('transposing', 1, 1);
-    END LOOP;
+    PERFORM gpt2.write_all_transposed();
 END
 $$;
 
@@ -289,17 +337,20 @@ $$;
 --   ln_g, ln_b    one row: a layer norm's gain or shift      (table ln)
 --   conv1d_w      rows by output column, W[:, o]             (conv1d's chunks of it, joined)
 --   conv1d_b      one row: the bias                          (conv1d's b of chunk 0, by column)
-CREATE OR REPLACE FUNCTION gpt2.param_rows(kind text, tensor text, layer int) RETURNS TABLE (i int, w vector)
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION gpt2.param_rows(kind text, tensor text, layer int, lo int DEFAULT 0, hi int DEFAULT NULL)
+RETURNS TABLE (i int, w vector)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 BEGIN
+    hi := coalesce(hi, 2147483647);                                -- rows lo .. hi
     CASE kind
-        WHEN 'wte' THEN RETURN QUERY SELECT e.token, e.w::vector FROM wte e;
-        WHEN 'wpe' THEN RETURN QUERY SELECT e.pos, e.w::vector FROM wpe e;
+        WHEN 'wte' THEN RETURN QUERY SELECT e.token, e.w::vector FROM wte e WHERE e.token BETWEEN lo AND hi;
+        WHEN 'wpe' THEN RETURN QUERY SELECT e.pos, e.w::vector FROM wpe e WHERE e.pos BETWEEN lo AND hi;
         WHEN 'ln_g' THEN RETURN QUERY SELECT 0, l.g FROM ln l WHERE l.tensor = param_rows.tensor AND l.layer = param_rows.layer;
         WHEN 'ln_b' THEN RETURN QUERY SELECT 0, l.b FROM ln l WHERE l.tensor = param_rows.tensor AND l.layer = param_rows.layer;
         WHEN 'conv1d_w' THEN
             RETURN QUERY SELECT c.col, gpt2.vcat(c.w::vector ORDER BY c.chunk) FROM conv1d c
-                         WHERE c.tensor = param_rows.tensor AND c.layer = param_rows.layer GROUP BY c.col;
+                         WHERE c.tensor = param_rows.tensor AND c.layer = param_rows.layer AND c.col BETWEEN lo AND hi
+                         GROUP BY c.col;
         WHEN 'conv1d_b' THEN
             RETURN QUERY SELECT 0, array_agg(c.b ORDER BY c.col)::vector FROM conv1d c
                          WHERE c.tensor = param_rows.tensor AND c.layer = param_rows.layer AND c.chunk = 0;
@@ -307,8 +358,10 @@ BEGIN
 END
 $$;
 
--- Write rows (i, w) of a parameter back where it lives (see gpt2.param_rows).
-CREATE OR REPLACE FUNCTION gpt2.param_write(kind text, tensor text, layer int, rows_i int[], rows_w vector[]) RETURNS void
+-- Write rows (i, w) of a parameter back where it lives (see gpt2.param_rows). A Conv1D's weight
+-- and bias share conv1d's rows: they are written together (bias: the new bias, with the weight).
+CREATE OR REPLACE FUNCTION gpt2.param_write(kind text, tensor text, layer int, rows_i int[], rows_w vector[],
+                                            bias vector DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     width int;
@@ -320,24 +373,24 @@ BEGIN
         WHEN 'ln_b' THEN UPDATE ln l SET b = rows_w[1] WHERE l.tensor = param_write.tensor AND l.layer = param_write.layer;
         WHEN 'conv1d_w' THEN
             width := gpt2.chunk_dims(vector_dims(rows_w[1]), 'float32');
-            UPDATE conv1d c SET w = subvector(u.w, c.chunk * width + 1, least(width, vector_dims(u.w) - c.chunk * width))
+            UPDATE conv1d c SET w = subvector(u.w, c.chunk * width + 1, least(width, vector_dims(u.w) - c.chunk * width)),
+                                b = CASE WHEN c.chunk = 0 THEN (bias::real[])[c.col + 1] ELSE 0 END
             FROM unnest(rows_i, rows_w) AS u(i, w)
             WHERE c.tensor = param_write.tensor AND c.layer = param_write.layer AND c.col = u.i;
-        WHEN 'conv1d_b' THEN
-            UPDATE conv1d c SET b = (rows_w[1]::real[])[c.col + 1]
-            WHERE c.tensor = param_write.tensor AND c.layer = param_write.layer AND c.chunk = 0;
     END CASE;
 END
 $$;
 
--- One AdamW step of one parameter, as torch.optim.AdamW takes it (NumPy twin: reference.adamw):
+-- One AdamW step, as torch.optim.AdamW takes it (NumPy twin: reference.adamw):
 --   w = w (1 - lr wd);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 --   w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 -- g is the stored gradient times coef (the clipping); rows without one have a gradient of 0.
 -- Everything but the last factor is pgvector arithmetic on whole rows; 1 / (sqrt(v) / .. + eps)
--- takes a pass over the numbers (pgvector has no division or square root).
-CREATE OR REPLACE FUNCTION gpt2.adamw_update(p record, coef float8, lr float8, beta1 float8, beta2 float8,
-                                             eps float8, weight_decay float8, step int) RETURNS void
+-- takes a pass over the numbers (pgvector has no division or square root), which is most of
+-- a step's work: gpt2.adamw_rows does it in parallel units (gpt2.adamw_step).
+
+-- The new moments of one parameter, saved in adam (they need grads, which only this process sees).
+CREATE OR REPLACE FUNCTION gpt2.adamw_moments(p record, coef float8, beta1 float8, beta2 float8) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     d int := p.width;
@@ -347,28 +400,60 @@ DECLARE
     c1 vector := gpt2.fill(1 - beta1, d);
     b2 vector := gpt2.fill(beta2, d);
     c2 vector := gpt2.fill(1 - beta2, d);
-    decay vector := gpt2.fill(CASE WHEN p.decay THEN 1 - lr * weight_decay ELSE 1 END, d);
-    step_size vector := gpt2.fill(lr / (1 - beta1 ^ step), d);
-    root_bc2 float8 := sqrt(1 - beta2 ^ step);
-    rows_i int[];
-    rows_w vector[];
 BEGIN
-    WITH u AS (
-        SELECT w.i, w.w, coalesce(g.g * scale, zeros) AS g, coalesce(a.m, zeros) AS m, coalesce(a.v, zeros) AS v
-        FROM gpt2.param_rows(p.kind, p.tensor, p.layer) AS w
-        LEFT JOIN grads g ON g.name = p.name AND g.i = w.i
-        LEFT JOIN adam a ON a.name = p.name AND a.i = w.i
-    ), mv AS (
-        SELECT u.i, u.w, u.m * b1 + u.g * c1 AS m, u.v * b2 + u.g * u.g * c2 AS v FROM u OFFSET 0
-    ), saved AS (
-        INSERT INTO adam AS a (name, i, m, v) SELECT p.name, mv.i, mv.m, mv.v FROM mv
-        ON CONFLICT (name, i) DO UPDATE SET m = EXCLUDED.m, v = EXCLUDED.v
-    )
-    SELECT array_agg(mv.i), array_agg(mv.w * decay - mv.m * r.r * step_size) INTO rows_i, rows_w
-    FROM mv, LATERAL (SELECT ARRAY(SELECT 1 / (sqrt(x) / root_bc2 + eps) FROM unnest(mv.v::real[]) AS x)::vector AS r) AS r;
-    PERFORM gpt2.param_write(p.kind, p.tensor, p.layer, rows_i, rows_w);
+    INSERT INTO adam AS o (name, i, m, v)
+    SELECT p.name, u.i, u.m * b1 + u.g * c1, u.v * b2 + u.g * u.g * c2
+    FROM (SELECT k AS i, coalesce(g.g * scale, zeros) AS g, coalesce(a.m, zeros) AS m, coalesce(a.v, zeros) AS v
+          FROM generate_series(0, p.n_rows - 1) AS k
+          LEFT JOIN grads g ON g.name = p.name AND g.i = k
+          LEFT JOIN adam a ON a.name = p.name AND a.i = k
+          OFFSET 0) AS u
+    ON CONFLICT (name, i) DO UPDATE SET m = EXCLUDED.m, v = EXCLUDED.v;
 END
 $$;
+
+-- The new values of rows lo .. hi of one parameter, from its weights and its (new) moments.
+CREATE OR REPLACE FUNCTION gpt2.adamw_rows(name text, kind text, tensor text, layer int, lo int, hi int, width int,
+                                           decay float8, step_size float8, root_bc2 float8, eps float8,
+                                           OUT rows_i int[], OUT rows_w vector[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    decay_v vector := gpt2.fill(decay, width);
+    step_v vector := gpt2.fill(step_size, width);
+BEGIN
+    SELECT array_agg(w.i), array_agg(w.w * decay_v - a.m * r.r * step_v) INTO rows_i, rows_w
+    FROM gpt2.param_rows(kind, tensor, layer, lo, hi) AS w
+    JOIN adam a ON a.name = adamw_rows.name AND a.i = w.i,
+    LATERAL (SELECT ARRAY(SELECT 1 / (sqrt(x) / root_bc2 + eps) FROM unnest(a.v::real[]) AS x)::vector AS r) AS r;
+END
+$$;
+
+-- adamw_rows of units u0 .. u0 + count - 1 (unit k: the k-th entry of every array).
+CREATE OR REPLACE FUNCTION gpt2.adamw_units(names text[], kinds text[], tensors text[], layers int[], los int[], his int[],
+                                            widths int[], decays float8[], step_size float8, root_bc2 float8,
+                                            eps float8, u0 int, count int)
+RETURNS TABLE (g int, rows_i int[], rows_w vector[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT k, r.rows_i, r.rows_w
+    FROM gpt2.units u, LATERAL (SELECT u0 + u.g + 1 AS k OFFSET 0) AS j,
+         LATERAL gpt2.adamw_rows(names[k], kinds[k], tensors[k], layers[k], los[k], his[k], widths[k], decays[k],
+                                 step_size, root_bc2, eps) AS r
+    WHERE u.g < count;
+END
+$$;
+
+DO $do$ DECLARE f text; setting text; BEGIN
+    FOREACH f IN ARRAY ARRAY['gpt2.adamw_units(text[], text[], text[], int[], int[], int[], int[], float8[], float8, float8, float8, int, int)',
+                             'gpt2.transposed_units(text[], int[], int[], int, int)'] LOOP
+        FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
+                                       'parallel_leader_participation = off', 'parallel_setup_cost = 0',
+                                       'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
+            EXECUTE format('ALTER FUNCTION %s SET %s', f, setting);
+        END LOOP;
+    END LOOP;
+END $do$;
 
 -- The optimizer's state of a model that trains: AdamW's moments by gradient row (the step
 -- count is gpt2.models.step). Made on the first step.
@@ -414,6 +499,12 @@ DECLARE
     m gpt2.models := gpt2.current_model();
     started timestamptz := clock_timestamp();
     p record;
+    r record;
+    coef float8;                                                   -- the clipping
+    un text[]; ukind text[]; utensor text[]; ulayer int[];         -- the units: parameter, rows lo .. hi
+    ulo int[]; uhi int[]; uwidth int[]; udecay float8[];
+    biases vector[] := '{}';                                       -- the Conv1D biases' new values,
+    bias_of text[] := '{}';                                        --   by 'tensor:layer'
     norms jsonb;
     msg text;
 BEGIN
@@ -448,13 +539,37 @@ BEGIN
             USING HINT = 'a lower lr, or clip, keeps the weights finite';
     END IF;
     step := m.step + 1;
+    coef := CASE WHEN clip IS NULL THEN 1 ELSE least(clip / (grad_norm + 1e-6), 1) END;
     FOR p IN SELECT * FROM gpt2.parameters() LOOP
-        PERFORM gpt2.adamw_update(p, CASE WHEN clip IS NULL THEN 1 ELSE least(clip / (grad_norm + 1e-6), 1) END,
-                                  lr, beta1, beta2, eps, weight_decay, step);
+        PERFORM gpt2.adamw_moments(p, coef, beta1, beta2);
     END LOOP;
-    FOR p IN SELECT * FROM gpt2.parameters() WHERE kind IN ('wte', 'conv1d_w') LOOP    -- dx's weights follow
-        PERFORM gpt2.write_transposed(p.tensor, p.layer);
+    -- the new weights, in units of at most ~1M numbers: first everything but the Conv1D weights
+    -- (their biases are written with them), then those
+    FOR pass IN 1 .. 2 LOOP
+        SELECT array_agg(q.name ORDER BY q.name, k), array_agg(q.kind ORDER BY q.name, k),
+               array_agg(q.tensor ORDER BY q.name, k), array_agg(q.layer ORDER BY q.name, k),
+               array_agg(k * rows ORDER BY q.name, k), array_agg(least((k + 1) * rows, q.n_rows) - 1 ORDER BY q.name, k),
+               array_agg(q.width ORDER BY q.name, k),
+               array_agg(CASE WHEN q.decay THEN 1 - lr * weight_decay ELSE 1 END ORDER BY q.name, k)
+        INTO un, ukind, utensor, ulayer, ulo, uhi, uwidth, udecay
+        FROM gpt2.parameters() AS q, LATERAL (SELECT greatest(1, 1048576 / q.width) AS rows) AS s,
+             generate_series(0, (q.n_rows - 1) / s.rows) AS k
+        WHERE (q.kind = 'conv1d_w') = (pass = 2);
+        FOR u0 IN 0 .. cardinality(un) - 1 BY gpt2.parallel_round() LOOP
+            FOR r IN SELECT * FROM gpt2.adamw_units(un, ukind, utensor, ulayer, ulo, uhi, uwidth, udecay,
+                                                     lr / (1 - beta1 ^ step), sqrt(1 - beta2 ^ step), eps,
+                                                     u0, least(gpt2.parallel_round(), cardinality(un) - u0)) LOOP
+                IF ukind[r.g] = 'conv1d_b' THEN                    -- written with its weight
+                    biases := biases || r.rows_w[1];
+                    bias_of := bias_of || format('%s:%s', utensor[r.g], ulayer[r.g]);
+                ELSE
+                    PERFORM gpt2.param_write(ukind[r.g], utensor[r.g], ulayer[r.g], r.rows_i, r.rows_w,
+                                             biases[array_position(bias_of, format('%s:%s', utensor[r.g], ulayer[r.g]))]);
+                END IF;
+            END LOOP;
+        END LOOP;
     END LOOP;
+    PERFORM gpt2.write_all_transposed();                           -- dx's weights follow
     UPDATE gpt2.models SET step = adamw_step.step WHERE name = m.name;
     INSERT INTO gpt2.train_log (model, step, loss, lr, grad_norm, tokens, norms, seconds)
     VALUES (m.name, step, loss, lr, grad_norm, cardinality(targets), norms,
