@@ -293,3 +293,188 @@ def test_interventions_equal_transformers_hooks(conn, runner, tmp_path, config):
     assert set(got) == set(want)
     assert_close("logit attribution vs transformers", [got[k] for k in want], list(want.values()), TOL)
     assert abs(sum(got.values()) - plain[-1, MARY]) <= TOL
+
+
+# -- The CLI: gpt2sql patch, ablate, attribute ----------------------------------------------
+
+IOI = [CLEAN, CORRUPTED, "--answer", " Mary", "--wrong", " John"]
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """Tables fit the terminal (COLUMNS): 80 columns, whatever terminal runs the tests."""
+    monkeypatch.setenv("COLUMNS", "80")
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory, runner):
+    """12 layers and 12 heads, as GPT-2 124M: tables as wide as users see them; narrow, so quick."""
+    config = dict(synthetic.CONFIGS["tiny"], n_layer=12, n_head=12, n_embd=96)
+    directory = synthetic.write_checkpoint(tmp_path_factory.mktemp("intervene-deep"), **config, seed=45)
+    assert runner(["load", str(directory), "--name", "intervene-deep"]).exit_code == 0
+    return "intervene-deep"
+
+
+def numbers(line: str) -> list[float]:
+    return [float(f) for f in line.split() if f.lstrip("+-").replace(".", "", 1).isdigit() and "." in f]
+
+
+def test_patch_table_equals_patch_sweep(conn, runner, tiny, terminal):
+    name = tiny[0]
+    result = runner(["patch", *IOI, "-m", name])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    gaps = [conn.execute("SELECT gpt2.logit_diff(%s, ' Mary', ' John', %s)", (p, name)).fetchone()[0] for p in (CLEAN, CORRUPTED)]
+    assert f"clean run {gaps[0]:.2f}, corrupted run {gaps[1]:.2f}" in " ".join(lines[:2])
+    header = next(i for i, line in enumerate(lines) if line.startswith("pos token"))
+    assert lines[header].split() == ["pos", "token", "0", "1"], "a column per layer"
+    body = lines[header + 1:]
+    assert [line.split()[1] for line in body] == ["When", "␣John", "␣and", "␣Mary", "␣went", "␣to", "␣the", "␣store", ",",
+                                                   "␣John", "␣gave", "␣a", "␣drink", "␣to"], "the corrupted prompt's tokens"
+    want = {(layer, pos): diff for layer, pos, _, diff in sweep(conn, name, "resid_pre")}
+    for pos, line in enumerate(body):
+        assert int(line.split()[0]) == pos
+        assert numbers(line)[-2:] == pytest.approx([want[(0, pos)], want[(1, pos)]], abs=5e-3)
+    relative = runner(["patch", *IOI, "-m", name, "--relative"])
+    assert relative.exit_code == 0, relative.output
+    last = relative.stdout.splitlines()[-1]
+    assert numbers(last)[-2:] == pytest.approx([want[(0, 13)] - gaps[1], want[(1, 13)] - gaps[1]], abs=5e-3)
+
+
+def test_patch_heads_table_equals_patch_sweep(conn, runner, tiny, terminal):
+    name = tiny[0]
+    result = runner(["patch", *IOI, "-m", name, "--site", "head"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
+    assert lines[header].split() == ["layer", "0", "1", "2", "3"]
+    want = {(layer, head): diff for layer, _, head, diff in sweep(conn, name, "head")}
+    for layer, line in enumerate(lines[header + 1:]):
+        assert numbers(line) == pytest.approx([want[(layer, h)] for h in range(4)], abs=5e-3)
+
+
+def test_ablate_shows_the_top_tokens_before_and_after(conn, runner, tiny, terminal):
+    name = tiny[0]
+    result = runner(["ablate", CLEAN, "--head", "1.2", "--mlp", "0", "--pos", "13", "--pos", "3", "--mean", "-m", name,
+                     "--top", "4"])
+    assert result.exit_code == 0, result.output
+    title, *lines = result.stdout.splitlines()
+    while not lines[0].startswith("token"):
+        title, lines = title + " " + lines[0], lines[1:]
+    assert "head 1.2, layer 0's MLP (mean, at positions 3, 13)" in title
+    before = intervene(conn, name, CLEAN, [])
+    after = intervene(conn, name, CLEAN, [{"layer": 1, "head": 2, "pos": [3, 13], "mode": "mean"},
+                                          {"layer": 0, "mlp": True, "pos": [3, 13], "mode": "mean"}])
+    top = list(np.argsort(-before, kind="stable")[:4])
+    top += [t for t in np.argsort(-after, kind="stable")[:4] if t not in top]
+    labels = {i: label for i, label in conn.execute("SELECT id, bytes FROM gpt2.vocab WHERE id = ANY(%s)", (
+        [int(t) for t in top],)).fetchall()}
+    from gpt2sql.tables import label
+
+    assert len(lines) - 1 == len(top)
+    for line, t in zip(lines[1:], top):
+        fields = line.split()
+        assert fields[0] == label(bytes(labels[int(t)]))
+        logit, prob, rank, ablated, prob2, rank2, change = map(float, fields[1:])
+        assert (logit, ablated) == pytest.approx((before[t], after[t]), abs=5e-4)
+        assert rank == 1 + (before > before[t]).sum() and rank2 == 1 + (after > after[t]).sum()
+        assert change == pytest.approx(after[t] - before[t], abs=1e-3)
+        assert (prob, prob2) == pytest.approx((np.exp(reference.log_softmax(before)[t]),
+                                               np.exp(reference.log_softmax(after)[t])), abs=5e-4)
+
+
+def test_attribute_table_sums_to_the_logit_difference(conn, runner, tiny, terminal):
+    name = tiny[0]
+    result = runner(["attribute", CLEAN, "--token", " Mary", "--wrong", " John", "-m", name])
+    assert result.exit_code == 0, result.output
+    gap = conn.execute("SELECT gpt2.logit_diff(%s, ' Mary', ' John', %s)", (CLEAN, name)).fetchone()[0]
+    out = result.stdout
+    assert f"= {gap:.3f}" in out.replace("\n", " ")
+    rows = {}
+    for token, sign in ((" Mary", 1), (" John", -1)):
+        for layer, component, head, value in conn.execute("SELECT * FROM gpt2.logit_attribution(%s, %s, %s)", (CLEAN, token, name)):
+            rows[(layer, component, head)] = rows.get((layer, component, head), 0) + sign * value
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
+    assert lines[header].split() == ["layer", "MLP", "bias", "h0", "h1", "h2", "h3"]
+    for layer in (0, 1):
+        want = [rows[(layer, "mlp", None)], rows[(layer, "attn_bias", None)]] + [rows[(layer, "head", h)] for h in range(4)]
+        assert numbers(lines[header + 1 + layer]) == pytest.approx(want, abs=5e-3)
+    shown = sum(numbers(line)[-1] for line in lines if line.startswith(("embeddings", "ln_f bias")))
+    assert shown == pytest.approx(rows[(None, "embed", None)] + rows[(None, "pos_embed", None)]
+                                  + rows[(None, "ln_f_bias", None)], abs=1e-2)
+
+
+@pytest.mark.parametrize("args", [["patch", *IOI], ["patch", *IOI, "--site", "head", "--relative"],
+                                  ["attribute", CLEAN, "--token", " Mary", "--wrong", " John"],
+                                  ["ablate", CLEAN, "--head", "11.11", "--attn", "0"]])
+def test_output_fits_the_terminal_with_124m_layers(runner, deep, monkeypatch, args):
+    from gpt2sql.tables import width
+
+    for columns in (80, 100):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        result = runner([*args, "-m", deep])
+        assert result.exit_code == 0, result.output
+        wide = [line for line in result.stdout.splitlines() if width(line) > columns]
+        assert not wide, f"{len(wide)} lines wider than {columns}, e.g. {wide[0]!r}"
+    if args[0] == "patch" and "head" not in args:
+        header = next(line for line in result.stdout.splitlines() if line.startswith("pos token"))
+        assert header.split()[2:] == [str(layer) for layer in range(12)], "all 12 layers in one block at 100 columns"
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("args", [["patch", *IOI], ["patch", *IOI, "--site", "head"],
+                                  ["attribute", CLEAN, "--token", " Mary"]])
+def test_pictures_are_pngs_of_a_sane_size(runner, tiny, tmp_path, args):
+    out = tmp_path / "picture.png"
+    result = runner([*args, "-m", tiny[0], "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and result.stderr == f"wrote {out}\n"
+    w, h = png_size(out)
+    assert 500 <= w <= 2500 and 200 <= h <= 1500, (w, h)
+
+
+def one_line_error(result, exit_code, fragment):
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    if exit_code == 1:
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert fragment in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args, exit_code, fragment", [
+    (["patch", CLEAN, CORRUPTED, "--answer", " Mary Jane", "--wrong", " John"], 1,
+     "--answer must be one token: ' Mary Jane' is 2 tokens: ␣Mary ␣Jane"),
+    (["patch", CLEAN, CORRUPTED, "--answer", " Mary", "--wrong", ""], 1, "--wrong must be one token: '' is 0 tokens"),
+    (["patch", CLEAN, "When John went to the store, John gave a drink to", "--answer", " Mary", "--wrong", " John"], 1,
+     "CLEAN has 14 tokens and CORRUPTED 12: patching needs as many in both"),
+    (["patch", "", CORRUPTED, "--answer", " Mary", "--wrong", " John"], 1, "CLEAN is empty"),
+    (["patch", *IOI, "--site", "resid_post"], 2, "Invalid value for '--site'"),
+    (["patch", CLEAN, CORRUPTED, "--answer", " Mary"], 2, "Missing option '--wrong'"),
+    (["patch", *IOI, "-o", "picture.bmpx"], 1, "end it in .png, .svg or .pdf"),
+    (["patch", *IOI, "-o", "a.png", "--width", "80"], 2, "--width goes with a table"),
+    (["patch", CLEAN * 6, CORRUPTED * 6, "--answer", " Mary", "--wrong", " John"], 1, "sees at most 64"),
+    (["ablate", CLEAN], 2, "give something to ablate: --head L.H, --attn L or --mlp L"),
+    (["ablate", CLEAN, "--head", "9"], 2, "'9' is not LAYER.HEAD, e.g. 9.6"),
+    (["ablate", CLEAN, "--head", "1.4"], 1, "--head 1.4: head 4 is out of range: model 'intervene-tiny' has 4 heads (0..3)"),
+    (["ablate", CLEAN, "--mlp", "2"], 1, "--mlp 2: layer 2 is out of range: model 'intervene-tiny' has 2 layers (0..1)"),
+    (["ablate", CLEAN, "--attn", "-1"], 1, "--attn -1: layer -1 is out of range"),
+    (["ablate", CLEAN, "--mlp", "0", "--pos", "14"], 1, "--pos 14: position 14 is out of range: the prompt has 14 positions (0..13)"),
+    (["ablate", CLEAN, "--mlp", "0", "--top", "21"], 2, "Invalid value for '--top'"),
+    (["attribute", CLEAN, "--token", "Maryland Johnson"], 1, "--token must be one token"),
+    (["attribute", CLEAN], 2, "Missing option '--token'"),
+])
+def test_cli_bad_input_is_one_line(runner, tiny, args, exit_code, fragment):
+    one_line_error(runner([*args, "-m", tiny[0]]), exit_code, fragment)
+
+
+@pytest.mark.parametrize("command", ["patch", "ablate", "attribute"])
+def test_cli_help(runner, command):
+    result = runner([command, "--help"])
+    assert result.exit_code == 0 and "Usage: " in result.stdout
+    assert all(len(line) <= 100 for line in result.stdout.splitlines())
