@@ -16,6 +16,8 @@ from gpt2sql.tokenize_cmd import checked_text, nonempty
 
 SITES = {"resid_pre": "the residual stream entering the layer", "attn_out": "the attention output",
          "mlp_out": "the MLP output", "head": "the head's output at every position"}
+PICTURED = {"resid_pre": "residual stream at that layer and position", "attn_out": "attention output at that layer and "
+            "position", "mlp_out": "MLP output at that layer and position", "head": "output of that head (every position)"}
 CELL = 6  # a logit difference, '-12.34'
 
 
@@ -122,8 +124,8 @@ def patch_cmd(ctx, clean, corrupted, answer, wrong, site, relative, output, mode
         from gpt2sql import plots
 
         plots.diverging(output, values, columns, [str(layer) for layer in range(n_layer)],
-                        f"Activation patching ({site}): model {name}\n{what} at the last position, the corrupted "
-                        f"run with {SITES[site]} from the clean run\n({baselines})",
+                        f"Activation patching, {site}: model {name}\neach cell: the corrupted run with the clean "
+                        f"run's {PICTURED[site]}\n{what} at the last position\n({baselines})",
                         "head" if site == "head" else "position (the corrupted prompt's tokens)", "layer",
                         "logit difference" + (", patched - corrupted" if relative else ""))
         click.echo(f"wrote {output}", err=True)

@@ -212,7 +212,7 @@ def diverging(path: str, values, columns: list[str], rows: list[str], title: str
             for r in range(n_rows):
                 for c in range(n_cols):
                     dark = abs(values[r, c]) > 0.6 * bound
-                    ax.text(c, r, f"{values[r, c]:.1f}", ha="center", va="center", fontsize=size,
+                    ax.text(c, r, f"{values[r, c]:.1f}".replace("-0.0", "0.0"), ha="center", va="center", fontsize=size,
                             color="white" if dark else "black")
         if split:
             ax.axvline(split - 0.5, color="black", linewidth=2)
