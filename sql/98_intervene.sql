@@ -80,11 +80,12 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     ids int[] := coalesce(gpt2.tokenize(t), '{}');
 BEGIN
-    IF cardinality(ids) <> 1 THEN
-        RAISE EXCEPTION '% must be one token: % is %', what, coalesce(to_json(t)::text, 'NULL'),
-            CASE WHEN t IS NULL THEN 'NULL' ELSE format('%s tokens %s', cardinality(ids),
-                (SELECT coalesce(string_agg(to_json(gpt2.decode_bytes(v.bytes))::text, ' ' ORDER BY u.k), '')
-                 FROM unnest(ids) WITH ORDINALITY AS u(id, k) JOIN gpt2.vocab v ON v.id = u.id)) END
+    IF t IS NULL THEN
+        RAISE EXCEPTION '% must be one token, not NULL', what;
+    ELSIF cardinality(ids) <> 1 THEN
+        RAISE EXCEPTION '% must be one token: % is % tokens %', what, to_json(t), cardinality(ids),
+            (SELECT coalesce(string_agg(to_json(gpt2.decode_bytes(v.bytes))::text, ' ' ORDER BY u.k), '')
+             FROM unnest(ids) WITH ORDINALITY AS u(id, k) JOIN gpt2.vocab v ON v.id = u.id)
             USING HINT = 'a token carries the space before it: '' Mary'', not ''Mary'' (gpt2sql tokenize --show shows how a text splits)';
     END IF;
     RETURN ids[1];

@@ -135,7 +135,7 @@ BAD = [
     ("intervene", (CLEAN * 6, []), "the prompt has 84 tokens; model \"intervene-tiny\" sees at most 64"),
     ("patch_sweep", (CLEAN, CORRUPTED, " Mary Jane", " John"), 'answer must be one token: " Mary Jane" is 2 tokens " Mary" " Jane"'),
     ("patch_sweep", (CLEAN, CORRUPTED, " Mary", ""), 'wrong must be one token: "" is 0 tokens'),
-    ("patch_sweep", (CLEAN, CORRUPTED, " Mary", None), "wrong must be one token: NULL is NULL"),
+    ("patch_sweep", (CLEAN, CORRUPTED, " Mary", None), "wrong must be one token, not NULL"),
     ("patch_sweep", (CLEAN, "When John went to the store, John gave a drink to", " Mary", " John"),
      "the clean prompt has 14 tokens and the corrupted one 12: patching needs as many in both"),
     ("patch_sweep", (CLEAN, CORRUPTED, " Mary", " John", "resid_post"), "unknown site 'resid_post': patch_sweep patches"),
