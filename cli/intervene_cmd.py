@@ -72,7 +72,7 @@ def _grid(title: str, corner: str, row_labels: list[str], col_labels: list[str],
 @WIDTH
 @click.pass_context
 def patch_cmd(ctx, clean, corrupted, answer, wrong, site, relative, output, model, width):
-    """Activation patching: where does the model carry what CLEAN says?
+    """Activation patching: where does the model carry the answer?
 
     \b
     Runs CORRUPTED again and again, each time with one activation put back from
@@ -169,7 +169,7 @@ def _check_range(option: str, value: int, count: int, what: str, owner: str) -> 
 @WIDTH
 @click.pass_context
 def ablate_cmd(ctx, prompt, heads, attn, mlp, mean, pos, top, model, width):
-    """Knock parts of the model out and see what it predicts after PROMPT.
+    """Knock heads, attention or MLPs out; see what changes.
 
     \b
     Ablating sets an output to 0 (--mean: to its mean over the positions):
@@ -241,7 +241,7 @@ def _print_ablation(conn, before: list[float], after: list[float], top: int, tit
 @WIDTH
 @click.pass_context
 def attribute_cmd(ctx, prompt, token, wrong, output, model, width):
-    """Direct logit attribution: what each head and MLP adds to a logit.
+    """Direct logit attribution: each head's and MLP's share.
 
     \b
     The residual stream at PROMPT's last position is a sum of what the embeddings,
