@@ -183,3 +183,43 @@ def loss_curve(path: str, log: list[tuple[int, float, float]], model: str, held_
         bottom.set_xlabel("step")
         bottom.grid(alpha=0.3)
         _save(fig, path)
+
+
+def diverging(path: str, values, columns: list[str], rows: list[str], title: str, xlabel: str, ylabel: str,
+              label: str, split: int | None = None) -> None:
+    """values [rows][columns] (layer x position, layer x head) as interpretability papers draw
+    patching and attribution results: a diverging colormap centred on 0 (blue above, red
+    below, white at 0), COLUMNS (tokens, heads) along the bottom, ROWS (layers) down the side
+    from the top, the values written in the cells while they are big enough to read; split:
+    a line after that many columns (columns of another kind before it)."""
+    import numpy as np
+    from matplotlib import colormaps, rc_context
+
+    values = np.asarray(values, dtype=float)
+    n_rows, n_cols = values.shape
+    with rc_context(STYLE):
+        cell_w = min(max(11 / n_cols, 0.12), 0.7)                       # inches: the grid 11 inches wide at most ...
+        cell_h = min(max(6 / n_rows, 0.12), 0.45, cell_w * 1.2)          # ... and 6 high (longer prompts: smaller cells)
+        labels = [_drawable(c) for c in columns]
+        longest = max((len(t) for t in labels), default=1)
+        fig = _figure(max(n_cols * cell_w + 2.6, 6.5), n_rows * cell_h + 2.2 + 0.07 * min(longest, 12))
+        ax = fig.subplots()
+        bound = float(np.abs(values).max()) or 1.0
+        cmap = colormaps["RdBu"]
+        image = ax.imshow(values, cmap=cmap, vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+        size = min(9.0, cell_w * 72 / 4.2, cell_h * 72 / 1.6)         # four characters a cell ('-1.2')
+        if size >= 5:
+            for r in range(n_rows):
+                for c in range(n_cols):
+                    dark = abs(values[r, c]) > 0.6 * bound
+                    ax.text(c, r, f"{values[r, c]:.1f}".replace("-0.0", "0.0"), ha="center", va="center", fontsize=size,
+                            color="white" if dark else "black")
+        if split:
+            ax.axvline(split - 0.5, color="black", linewidth=2)
+        _ticks(ax.xaxis, labels, n_cols * cell_w, rotation=90 if longest > 3 else 0)
+        _ticks(ax.yaxis, rows, n_rows * cell_h)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(image, ax=ax, shrink=min(1.0, 4 / (n_rows * cell_h)), pad=0.02, label=label)
+        _save(fig, path)

@@ -78,8 +78,9 @@ DECLARE
     e record;
 BEGIN
     FOR e IN SELECT * FROM run_edit WHERE run_edit.layer = edit_heads.layer AND site = 'z' ORDER BY i, head LOOP
-        heads[e.i] := CASE WHEN e.head > 0 THEN subvector(heads[e.i], 1, e.head * dh) END || e.v
-                      || CASE WHEN e.head < m.n_head - 1 THEN subvector(heads[e.i], (e.head + 1) * dh + 1, m.n_embd - (e.head + 1) * dh) END;
+        -- as real[]: a slice may be empty (head 0, the last head), a vector may not (NULL || v is NULL)
+        heads[e.i] := ((heads[e.i]::real[])[1:e.head * dh] || e.v::real[]
+                       || (heads[e.i]::real[])[(e.head + 1) * dh + 1:m.n_embd])::vector;
     END LOOP;
     RETURN heads;
 END

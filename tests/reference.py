@@ -366,3 +366,104 @@ def adamw(flat_params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weigh
         m[:] = beta1 * m + (1 - beta1) * g
         v[:] = beta2 * v + (1 - beta2) * g * g
         p -= lr / (1 - beta1**t) * m / (np.sqrt(v) / math.sqrt(1 - beta2**t) + eps)
+
+
+# --- Interventions (sql/98_intervene.sql) ---------------------------------------------------
+
+def run_edited(params, hparams, ids, edits=None):  # -> logits [n_seq, n_vocab]
+    """The forward pass with activations replaced, as TransformerLens's run_with_hooks does.
+    edits: {(layer, site): [f, ...]}, each f(array) -> array applied in turn to the site's
+    value, [n_seq, ...]; sites as gpt2.run_layers names them: resid_pre (the residual stream
+    entering block `layer`; layer n_layer: after the last block), z (the heads' outputs side by
+    side, before attn.c_proj), attn_out, mlp_out."""
+    eps, n_head, edits, ids = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"], edits or {}, list(ids)
+
+    def edit(layer, site, value):
+        for f in edits.get((layer, site), []):
+            value = f(value.copy())
+        return value
+
+    x = params["wte"][ids] + params["wpe"][: len(ids)]  # [n_seq, n_embd]
+    for i, p in enumerate(params["h"]):
+        x = edit(i, "resid_pre", x)
+        q, k, v = np.split(linear(layer_norm(x, **p["ln_1"], eps=eps), **p["attn"]["c_attn"]), 3, axis=-1)
+        z = np.hstack([attention(qh, kh, vh) for qh, kh, vh in
+                       zip(*(np.split(t, n_head, axis=-1) for t in (q, k, v)))])  # [n_seq, n_embd]
+        x = x + edit(i, "attn_out", linear(edit(i, "z", z), **p["attn"]["c_proj"]))
+        x = x + edit(i, "mlp_out", mlp(layer_norm(x, **p["ln_2"], eps=eps), **p["mlp"]))
+    x = edit(len(params["h"]), "resid_pre", x)
+    return layer_norm(x, **params["ln_f"], eps=eps) @ params["wte"].T
+
+
+def _setter(rows, cols, value):  # an edit that writes value into a[rows, cols]
+    def f(a):
+        a[rows, cols] = value
+        return a
+    return f
+
+
+def intervene(params, hparams, ids, ablate):  # -> logits at the last position [n_vocab]
+    """gpt2.intervene: ablate is the JSON array as a list of dicts: {"layer": L, "head": H}
+    (that head's slice of z), {"layer": L, "attn": True} (attn_out), {"layer": L, "mlp": True}
+    (mlp_out); optional "pos": [positions] (default: every position) and "mode": "mean" (the
+    mean over the prompt's positions of that output in the unablated run; default "zero")."""
+    dh = hparams["n_embd"] // hparams["n_head"]
+    clean = record(params, hparams, ids) if any(e.get("mode") == "mean" for e in ablate) else None
+    edits = {}
+    for e in ablate:
+        site, cols = ("z", slice(e["head"] * dh, (e["head"] + 1) * dh)) if "head" in e else \
+                     ("attn_out" if e.get("attn") else "mlp_out", slice(None))
+        rows = list(e["pos"]) if "pos" in e else slice(None)
+        value = clean[e["layer"]][site][:, cols].mean(0) if e.get("mode") == "mean" else 0.0
+        edits.setdefault((e["layer"], site), []).append(_setter(rows, cols, value))
+    return run_edited(params, hparams, ids, edits)[-1]
+
+
+def patch_sweep(params, hparams, clean, corrupted, answer, wrong, site="resid_pre"):
+    """gpt2.patch_sweep: [(layer, pos, head, logit_diff)]: the corrupted prompt run with one
+    activation of the clean run in place (a position's resid_pre, attn_out or mlp_out, or for
+    site 'head' one head's slice of z at every position), logit_diff = logit(answer) -
+    logit(wrong) at the last position. Every run from scratch: the readable way (SQL starts
+    each at the patched layer, from the corrupted run's residual stream)."""
+    assert len(clean) == len(corrupted)
+    dh = hparams["n_embd"] // hparams["n_head"]
+    rec = record(params, hparams, clean)
+    out = []
+    for layer in range(hparams["n_layer"]):
+        if site == "head":
+            cases = [(None, h, "z", slice(None), slice(h * dh, (h + 1) * dh)) for h in range(hparams["n_head"])]
+        else:
+            cases = [(p, None, site, [p], slice(None)) for p in range(len(clean))]
+        for pos, head, name, rows, cols in cases:
+            edit = _setter(rows, cols, rec[layer][name][rows, cols])
+            logits = run_edited(params, hparams, corrupted, {(layer, name): [edit]})[-1]
+            out.append((layer, pos, head, logits[answer] - logits[wrong]))
+    return out
+
+
+def logit_attribution(params, hparams, ids, token):  # -> {component: contribution}
+    """Direct logit attribution at the last position: how much each component's output, read
+    out through ln_f and the unembedding, adds to the logit of `token`. ln_f's scale is frozen
+    at the run's own value sigma (so it is linear): contribution(c) = (g * (c - mean(c)) /
+    sigma) . wte[token]. Components: ("embed",), ("pos_embed",), ("head", L, H) (z's slice of
+    head H through its rows of attn.c_proj), ("attn_bias", L) (attn.c_proj's bias),
+    ("mlp", L) (mlp_out), ("ln_f_bias",) (b . wte[token]); they sum to the logit."""
+    eps, d, ids = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_embd"], list(ids)
+    dh = d // hparams["n_head"]
+    rec = record(params, hparams, ids)
+    x = rec[-1]["resid_pre"][-1]
+    sigma = np.sqrt(np.var(x) + eps)
+    g, w = params["ln_f"]["g"], params["wte"][token]
+
+    def dla(c):
+        return float((g * (c - c.mean()) / sigma) @ w)
+
+    out = {("embed",): dla(params["wte"][ids[-1]]), ("pos_embed",): dla(params["wpe"][len(ids) - 1])}
+    for layer, (p, r) in enumerate(zip(params["h"], rec)):
+        proj = p["attn"]["c_proj"]
+        for h in range(hparams["n_head"]):
+            out[("head", layer, h)] = dla(r["z"][-1, h * dh:(h + 1) * dh] @ proj["w"][h * dh:(h + 1) * dh])
+        out[("attn_bias", layer)] = dla(proj["b"])
+        out[("mlp", layer)] = dla(r["mlp_out"][-1])
+    out[("ln_f_bias",)] = float(params["ln_f"]["b"] @ w)
+    return out

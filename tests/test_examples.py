@@ -57,7 +57,7 @@ def run_example(dsn, name: str, *variables: str) -> dict[str, list[list[str]]]:
     assert done.returncode == 0, f"{name} failed:\n{done.stderr}"
     assert "ERROR" not in done.stderr, done.stderr
     headers = {"piece_no", "ids", "ord", "name", "pos", "temperature", "tokens_in_nucleus", "step", "continuation",
-               "generate_start", "layer", "perplexity"}
+               "generate_start", "layer", "perplexity", "prompt"}
     results: dict[str, list[list[str]]] = {}
     current = None
     for row in csv.reader(io.StringIO(done.stdout)):
@@ -227,3 +227,37 @@ def test_05_generate_streams_the_same_tokens(dsn, conn, model):
     assert int(out["generate_start"][0][0][0]) == 6, "the prompt's length in tokens"
     steps = [run[0] for run in out["step"][1:]]
     assert [(int(r[0]), r[1], r[3]) for r in steps] == [(i + 1, greedy[i][1], "f") for i in range(3)]
+
+
+def test_08_patching_sweeps_the_indirect_object_example(dsn, conn, model):
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupted = "When John and Mary went to the store, John gave a drink to"
+    out = run_example(dsn, "08_patching.sql")
+    assert out["name"][0] == [["examples", str(N_LAYER), str(CONFIG["n_head"])]]
+    hparams, params = reference.load(model)
+    ids = {p: conn.execute("SELECT gpt2.tokenize(%s)", (p,)).fetchone()[0] for p in (clean, corrupted)}
+    mary, john = 5335, 1757
+    diff = lambda logits: logits[mary] - logits[john]  # noqa: E731
+    base = diff(reference.forward(params, hparams, ids[corrupted])[-1])
+    assert [(r[0], float(r[1])) for r in out["prompt"][0]] == [
+        ("clean", pytest.approx(diff(reference.forward(params, hparams, ids[clean])[-1]), abs=6e-4)),
+        ("corrupted", pytest.approx(base, abs=6e-4))]
+    rows = out["pos"][0]  # pos, token, the change at each layer
+    resid = reference.patch_sweep(params, hparams, ids[clean], ids[corrupted], mary, john, "resid_pre")
+    assert [int(r[0]) for r in rows] == list(range(14))
+    assert [json.loads(r[1]) for r in rows] == [conn.execute("SELECT gpt2.detokenize(%s)", ([i],)).fetchone()[0]
+                                               for i in ids[corrupted]]
+    for pos, _token, cells in rows:
+        want = [d - base for layer, p, _, d in resid if p == int(pos)]
+        assert np.allclose([float(c) for c in cells.split()], want, atol=6e-3), f"position {pos}: {cells}"
+    heads, ablated = out["layer"]
+    sweep = reference.patch_sweep(params, hparams, ids[clean], ids[corrupted], mary, john, "head")
+    for layer, cells in heads:
+        want = [d - base for l, _, h, d in sweep if l == int(layer)]
+        assert np.allclose([float(c) for c in cells.split()], want, atol=6e-3), f"layer {layer}: {cells}"
+    top = max(sweep, key=lambda r: (abs(r[3] - base), -r[0], -r[2]))
+    assert [(int(r[0]), int(r[1]), r[2]) for r in ablated] == [(top[0], top[2], m) for m in ("none", "zero", "mean")]
+    for mode, extra in zip(("none", "zero", "mean"), (None, {}, {"mode": "mean"})):
+        ablate = [] if extra is None else [{"layer": top[0], "head": top[2], **extra}]
+        want = diff(reference.intervene(params, hparams, ids[clean], ablate))
+        assert float(next(r[3] for r in ablated if r[2] == mode)) == pytest.approx(want, abs=6e-4), mode
