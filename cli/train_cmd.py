@@ -69,7 +69,7 @@ def _start(ctx, conn, model, query, file, into, replace, options) -> str:
 @click.pass_context
 def train_cmd(ctx, model, query, file, into, replace, resume, steps, batch_size, block_size, lr, min_lr, warmup,
               weight_decay, clip, seed, output):
-    """Fine-tune MODEL on text, in SQL: backpropagation and AdamW over pgvector.
+    """Train MODEL on text, in SQL: backpropagation and AdamW.
 
     The text (--query or --file) is tokenized, its documents joined with <|endoftext|> and cut
     into blocks; each step takes --batch-size blocks in an order drawn from --seed. A copy
@@ -130,10 +130,10 @@ def train_cmd(ctx, model, query, file, into, replace, resume, steps, batch_size,
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.pass_context
 def init_cmd(ctx, name, layers, heads, width, context, seed):
-    """Make model NAME, a GPT-2 of these shapes with random weights, to train from scratch.
+    """Make NAME, a new GPT-2 with random weights, to train.
 
-    GPT-2's own initialization: it predicts every token about equally (loss ~10.8) until it
-    is trained (gpt2sql train NAME --into NAME ...)."""
+    A GPT-2 of these shapes with GPT-2's own initialization: it predicts every token about
+    equally (loss ~10.8) until it is trained (gpt2sql train NAME --into NAME ...)."""
     from gpt2sql.loader.init import init_model
 
     init_model(connection(ctx), name, layers, heads, width, context, seed)
