@@ -38,16 +38,18 @@
 -- subtle: softmax needs a shift against overflow, exp(s - shift). The exact one, the row
 --   maximum, is known only after a pass over the scores, and a second pass would cost as
 --   much as the first. So each pass shifts by the query's score on its OWN key (always
---   present: a position sees itself) with exp() clamped to [e^-80, e^40], and takes the
---   row maximum as it goes. Where the maximum is more than 33 above the shift (the clamp
+--   present: a position sees itself) with exp() clamped to [e^-80, e^70], and takes the
+--   row maximum as it goes. Where the maximum is more than 60 above the shift (the clamp
 --   may have bitten), the queries are computed again in the same kernel, shifted by the
 --   maximum they now know: exact for any spread of scores, at twice the cost of a pass
---   only where it is needed (GPT-2's own scores never need it). PostgreSQL RAISES on exp()
---   underflow (exp(-800)) and on float4 underflow, hence the lower clamp: e^-80 is far
---   below float32's resolution next to the e^0 of the shift's own key.
---   Worked example: scores [2, 50, 1] for the query at position 2 (own key: 1): the first
---   pass takes exp(min(s - 1, 40)) = [e^1, e^40, e^0] (e^49 clamped) and max 50; 50 - 1 > 33,
---   so the second pass takes exp(s - 50) = [e^-48, 1, e^-49]: the weights of softmax.
+--   only where it is needed (GPT-2's own scores never need it). The upper clamp keeps every
+--   number float32 can hold: e^70 (2.5e30) times a value, summed over 1,024 positions, stays
+--   below float32's 3.4e38 for values up to 1e4. PostgreSQL RAISES on exp() underflow
+--   (exp(-800)) and on float4 underflow, hence the lower clamp: e^-80 is far below float32's
+--   resolution next to the e^0 of the shift's own key.
+--   Worked example: scores [2, 90, 1] for the query at position 2 (own key: 1): the first
+--   pass takes exp(min(s - 1, 70)) = [e^1, e^70, e^0] (e^89 clamped) and max 90; 90 - 1 > 60,
+--   so the second pass takes exp(s - 90) = [e^-88, 1, e^-89]: the weights of softmax.
 
 CREATE OR REPLACE FUNCTION gpt2.kv_fold_every() RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT 32 $$;
@@ -205,7 +207,7 @@ BEGIN
         SELECT q.s, q.g, q.h, least(q.plast + 1, q.nvt) AS len,   -- positions in kv_vt, 0 where masked; their max
                gpt2.fill(1, least(q.plast + 1, q.nvt)) AS ones, {{a.e@::vector AS e@, a.m@ AS m@}}
         FROM q, LATERAL (
-            SELECT {{array_agg(CASE WHEN k.pos <= q.p@ THEN exp(greatest(least(k.s@ - q.s@, 40), -80)) ELSE 0 END
+            SELECT {{array_agg(CASE WHEN k.pos <= q.p@ THEN exp(greatest(least(k.s@ - q.s@, 70), -80)) ELSE 0 END
                                ORDER BY k.pos) AS e@,
                      max(k.s@) FILTER (WHERE k.pos <= q.p@) AS m@}}
             FROM (SELECT k.pos, {{-(k.k <#> q.q@) * scale AS s@}} FROM kv_k k      -- (scores made once: OFFSET 0)
@@ -216,8 +218,8 @@ BEGIN
     ), tail AS (                                                   -- [n_group, n_head, %G] the positions in kv_v:
         SELECT q.s, q.g, q.h, {{t.o@ AS o@, t.z@ AS z@, t.m@ AS m@}}    -- sum exp(..) * v, sum exp(..), max
         FROM q, LATERAL (
-            SELECT {{sum(k.v * gpt2.fill(exp(greatest(least(k.s@ - q.s@, 40), -80)), dh)) FILTER (WHERE k.pos <= q.p@) AS o@,
-                     sum(exp(greatest(least(k.s@ - q.s@, 40), -80))) FILTER (WHERE k.pos <= q.p@) AS z@,
+            SELECT {{sum(k.v * gpt2.fill(exp(greatest(least(k.s@ - q.s@, 70), -80)), dh)) FILTER (WHERE k.pos <= q.p@) AS o@,
+                     sum(exp(greatest(least(k.s@ - q.s@, 70), -80))) FILTER (WHERE k.pos <= q.p@) AS z@,
                      max(k.s@) FILTER (WHERE k.pos <= q.p@) AS m@}}
             FROM (SELECT k.pos, v.v, {{-(k.k <#> q.q@) * scale AS s@}}
                   FROM kv_k k JOIN kv_v v ON (v.seq, v.layer, v.head, v.pos) = (k.seq, k.layer, k.head, k.pos)
@@ -270,7 +272,7 @@ BEGIN
         WITH a AS MATERIALIZED (SELECT * FROM gpt2.attend_pass(layer, seqs, positions, qkv, shifts))
         SELECT (SELECT array_agg(heads.o ORDER BY heads.i)         -- [n, n_embd] heads side by side
                 FROM (SELECT a.i, gpt2.vcat(a.o ORDER BY a.h) AS o FROM a GROUP BY a.i) AS heads),
-               CASE WHEN (SELECT bool_or(a.mx - a.sh > 33) FROM a) THEN
+               CASE WHEN (SELECT bool_or(a.mx - a.sh > 60) FROM a) THEN
                    (SELECT array_agg(r.mx ORDER BY r.i)            -- the maxima, for the second pass
                     FROM (SELECT a.i, array_agg(a.mx ORDER BY a.h) AS mx FROM a GROUP BY a.i) AS r) END
         INTO outs, shifts;
@@ -314,7 +316,7 @@ BEGIN
     ), e AS MATERIALIZED (                                         -- [n / %G, %G] exp(score - shift), 0 where masked,
         SELECT q.g, q.plast, {{a.e@::vector AS e@, -(a.e@::vector <#> gpt2.fill(1, q.plast + 1)) AS z@, a.m@ AS m@}}
         FROM q, LATERAL (                                          --   z, and the row maxima
-            SELECT {{array_agg(CASE WHEN k.pos <= q.p@ THEN exp(greatest(least(k.s@ - q.s@, 40), -80)) ELSE 0 END
+            SELECT {{array_agg(CASE WHEN k.pos <= q.p@ THEN exp(greatest(least(k.s@ - q.s@, 70), -80)) ELSE 0 END
                                ORDER BY k.pos) AS e@,
                      max(k.s@) FILTER (WHERE k.pos <= q.p@) AS m@}}
             FROM (SELECT k.pos, {{-(k.k <#> q.q@) AS s@}} FROM k WHERE k.pos <= q.plast OFFSET 0) AS k   -- (scores once)
@@ -354,7 +356,7 @@ DECLARE
 BEGIN
     SELECT array_agg(p.o ORDER BY p.i), array_agg(p.mx ORDER BY p.i) INTO outs, maxima
     FROM gpt2.attend_fresh_pass_16(h, qkv, vt, shifts, NULL) AS p;
-    redo := ARRAY(SELECT DISTINCT (j - 1) / 16 FROM generate_series(1, n) AS j WHERE maxima[j] - shifts[j] > 33);
+    redo := ARRAY(SELECT DISTINCT (j - 1) / 16 FROM generate_series(1, n) AS j WHERE maxima[j] - shifts[j] > 60);
     IF cardinality(redo) > 0 THEN                                  -- again, shifted by the maxima
         SELECT array_agg(CASE WHEN p.i IS NULL THEN outs[j] ELSE p.o END ORDER BY j) INTO outs
         FROM generate_series(1, n) AS j LEFT JOIN gpt2.attend_fresh_pass_16(h, qkv, vt, maxima, redo) AS p ON p.i = j;

@@ -220,7 +220,7 @@ def test_huge_attention_scores_get_the_exact_softmax(conn, tmp_path, runner, n_p
     assert runner(["load", str(directory), "--name", "test-huge-scores"]).exit_code == 0
     hparams, params = reference.load(directory)
     ids = list(range(2000, 2000 + n_prompt))
-    assert largest_score_above_own(params, hparams, ids) > 40, "the clamp would not bite: the test shows nothing"
+    assert largest_score_above_own(params, hparams, ids) > 70, "the clamp would not bite: the test shows nothing"
     expected = reference.forward(params, hparams, ids)
     rows = conn.execute("SELECT pos, token, logit FROM gpt2.forward(%s, 'test-huge-scores')", (ids,)).fetchall()
     actual = np.zeros_like(expected)
