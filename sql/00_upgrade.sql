@@ -23,6 +23,8 @@ BEGIN
         ALTER TABLE gpt2.models ADD COLUMN IF NOT EXISTS layout int NOT NULL DEFAULT 1;
         ALTER TABLE gpt2.models ADD COLUMN IF NOT EXISTS step int NOT NULL DEFAULT 0;
     END IF;
+    -- gpt2.units of earlier releases had a primary key, which can keep units from the workers
+    ALTER TABLE IF EXISTS gpt2.units DROP CONSTRAINT IF EXISTS units_pkey;
     FOR r IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
              WHERE p.pronamespace = 'gpt2'::regnamespace LOOP
         EXECUTE format('DROP %s %s', CASE r.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.f);

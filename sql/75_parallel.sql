@@ -30,8 +30,13 @@
 --   and the model's tables.
 
 -- One row per page (a 1 kB row under fillfactor 10), so the scan hands out one unit at a time.
-CREATE TABLE IF NOT EXISTS gpt2.units (g int PRIMARY KEY, pad text NOT NULL) WITH (fillfactor = 10);
-INSERT INTO gpt2.units SELECT g, repeat('.', 1000) FROM generate_series(0, 255) AS g ON CONFLICT DO NOTHING;
+-- subtle: no index. With one (a primary key on g), the planner may price an index scan of
+--   `g < count` below the Parallel Seq Scan, and that plan runs every unit in one process
+--   (it did: a prefill on one core, at 1.5x the time). tests/test_parallel.py checks that
+--   the workers start.
+CREATE TABLE IF NOT EXISTS gpt2.units (g int NOT NULL, pad text NOT NULL) WITH (fillfactor = 10);
+INSERT INTO gpt2.units SELECT g, repeat('.', 1000) FROM generate_series(0, 255) AS g
+WHERE NOT EXISTS (SELECT FROM gpt2.units);
 
 CREATE OR REPLACE FUNCTION gpt2.parallel_unit() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT 16 $$;
 CREATE OR REPLACE FUNCTION gpt2.parallel_min() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT 32 $$;

@@ -161,16 +161,17 @@ DECLARE
     unit int := gpt2.parallel_unit();
     s record := gpt2.scratch_seqs(ARRAY[cardinality(ids)]);
     xs vector[];
+    logits float8[];
 BEGIN
     PERFORM gpt2.use_model(model, true);
     PERFORM gpt2.kv_drop(s.seqs[1:1]);
     xs := gpt2.run(s.seqs, ids, s.positions);
     PERFORM gpt2.kv_drop(s.seqs[1:1]);
     FOR start IN 1 .. cardinality(xs) BY unit LOOP                 -- the head, up to 16 positions a pass
-        RETURN QUERY SELECT (start + r.i - 2)::int, (u.t - 1)::int, u.l
-                     FROM (SELECT gpt2.head(xs[start:start + unit - 1]) AS logits) AS h,
-                          generate_series(1, least(unit, cardinality(xs) - start + 1)) AS r(i),
-                          unnest(h.logits[r.i:r.i]) WITH ORDINALITY AS u(l, t);
+        logits := gpt2.head(xs[start:start + unit - 1]);           -- (in a variable: in the query, the
+        RETURN QUERY SELECT (start + r.i - 2)::int, (u.t - 1)::int, u.l   --  planner would call it per row)
+                     FROM generate_series(1, array_length(logits, 1)) AS r(i),
+                          unnest(logits[r.i:r.i]) WITH ORDINALITY AS u(l, t);
     END LOOP;
 END
 $$;

@@ -8,6 +8,8 @@ agree to 1e-4 (float32 arithmetic in pgvector vs float64 in NumPy); float16 weig
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -98,6 +100,32 @@ def test_every_site_matches_reference_at_124m_width(conn, models, n, dtype):
     name, hparams, params = models["wide", dtype]
     final, tape = recorded_run(conn, name, [prompt_of(n)])
     assert_run_matches(name, hparams, params, [prompt_of(n)], final, tape, TOLERANCE[dtype])
+
+
+def workers_planned(conn) -> int:
+    """Parallel workers this database's queries have planned so far (pg_stat_database)."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT parallel_workers_to_launch FROM pg_stat_database "
+                        "WHERE datname = current_database()").fetchone()[0]
+
+
+def test_parallel_units_go_to_workers(conn, models):
+    """A 64-position run plans workers for its units (the heads and the position-wise steps):
+    the numbers above would be the same in one process, only slower. Counted by PostgreSQL
+    18's pg_stat_database; planned rather than launched, so that busy worker slots do not fail it."""
+    if conn.info.server_version < 180000:
+        pytest.skip("pg_stat_database counts parallel workers from PostgreSQL 18")
+    conn.execute("VACUUM ANALYZE gpt2.units")                      # as autovacuum leaves it on a server in use
+    before = workers_planned(conn)
+    recorded_run(conn, models["tiny", "float32"][0], [prompt_of(64)])
+    deadline = time.monotonic() + 10                               # statistics reach the view within ~1 s
+    while workers_planned(conn) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    planned = workers_planned(conn) - before
+    # per layer: the heads (one parallel query) and the step after them; one step before the
+    # first layer; 2 workers each
+    n_layer = models["tiny", "float32"][1]["n_layer"]
+    assert planned >= 2 * (2 * n_layer + 1), f"{planned} parallel workers planned for a 64-position run"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
