@@ -76,16 +76,23 @@ BEGIN
 END
 $$;
 
-DO $do$ DECLARE f text; setting text; BEGIN
-    FOREACH f IN ARRAY ARRAY['gpt2.step_units(int, vector[], vector[], boolean, vector[], vector[], vector[], int, int)',
-                             'gpt2.head_units(vector[], int[], int, int)'] LOOP
-        FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
-                                       'parallel_leader_participation = off', 'parallel_setup_cost = 0',
-                                       'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
-            EXECUTE format('ALTER FUNCTION %s SET %s', f, setting);
-        END LOOP;
+-- The settings that make a unit function's query a Parallel Seq Scan of gpt2.units handed
+-- to two workers (see the header); every *_units function of stages 7b, 8b and 12 takes them.
+CREATE OR REPLACE FUNCTION gpt2.run_in_units(f regprocedure) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    setting text;
+BEGIN
+    FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
+                                   'parallel_leader_participation = off', 'parallel_setup_cost = 0',
+                                   'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET %s', f, setting);
     END LOOP;
-END $do$;
+END
+$$;
+
+SELECT gpt2.run_in_units('gpt2.step_units(int, vector[], vector[], boolean, vector[], vector[], vector[], int, int)');
+SELECT gpt2.run_in_units('gpt2.head_units(vector[], int[], int, int)');
 
 -- block_step for every position of xs: in this process for a few, else in parallel units.
 CREATE OR REPLACE FUNCTION gpt2.steps(layer int, xs vector[], heads vector[], record boolean DEFAULT false,
@@ -173,13 +180,7 @@ BEGIN
 END
 $$;
 
-DO $do$ DECLARE setting text; BEGIN
-    FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
-                                   'parallel_leader_participation = off', 'parallel_setup_cost = 0',
-                                   'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
-        EXECUTE format('ALTER FUNCTION gpt2.head_backward_units(vector[], vector[], int[], int, int) SET %s', setting);
-    END LOOP;
-END $do$;
+SELECT gpt2.run_in_units('gpt2.head_backward_units(vector[], vector[], int[], int, int)');
 
 CREATE OR REPLACE FUNCTION gpt2.mha_backward(seqs int[], qkv vector[], dz vector[]) RETURNS vector[]
 LANGUAGE plpgsql AS $$

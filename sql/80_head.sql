@@ -170,13 +170,7 @@ BEGIN
 END
 $$;
 
-DO $do$ DECLARE setting text; BEGIN
-    FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
-                                   'parallel_leader_participation = off', 'parallel_setup_cost = 0',
-                                   'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
-        EXECUTE format('ALTER FUNCTION gpt2.lm_units(vector[], int[], float8, int, int) SET %s', setting);
-    END LOOP;
-END $do$;
+SELECT gpt2.run_in_units('gpt2.lm_units(vector[], int[], float8, int, int)');
 
 -- The loss and gradients of every row: lm_rows in units of 16 rows (on both cores from 32
 -- rows on), then dwte from all rows at once.

@@ -444,16 +444,8 @@ BEGIN
 END
 $$;
 
-DO $do$ DECLARE f text; setting text; BEGIN
-    FOREACH f IN ARRAY ARRAY['gpt2.adamw_units(text[], text[], text[], int[], int[], int[], int[], float8[], float8, float8, float8, int, int)',
-                             'gpt2.transposed_units(text[], int[], int[], int, int)'] LOOP
-        FOREACH setting IN ARRAY ARRAY['plan_cache_mode = force_generic_plan', 'max_parallel_workers_per_gather = 2',
-                                       'parallel_leader_participation = off', 'parallel_setup_cost = 0',
-                                       'parallel_tuple_cost = 0', 'min_parallel_table_scan_size = 0'] LOOP
-            EXECUTE format('ALTER FUNCTION %s SET %s', f, setting);
-        END LOOP;
-    END LOOP;
-END $do$;
+SELECT gpt2.run_in_units('gpt2.adamw_units(text[], text[], text[], int[], int[], int[], int[], float8[], float8, float8, float8, int, int)');
+SELECT gpt2.run_in_units('gpt2.transposed_units(text[], int[], int[], int, int)');
 
 -- The optimizer's state of a model that trains: AdamW's moments by gradient row (the step
 -- count is gpt2.models.step). Made on the first step.
