@@ -42,16 +42,18 @@ BEGIN
 END
 $$;
 
--- Run ids (positions 0..) through the model recording every activation (the table tape,
--- stage 8), on a sequence of its own; returns the final hidden states.
-CREATE OR REPLACE FUNCTION gpt2.trace(ids int[]) RETURNS vector[]
+-- Run ids (positions 0..) through the model on a sequence of its own, recording every
+-- activation (the table tape, stage 8) unless `record` is false, with the edits of run_edit
+-- if `edited` (stage 11b); returns the final hidden states ln_f(x).
+CREATE OR REPLACE FUNCTION gpt2.trace(ids int[], record boolean DEFAULT true, edited boolean DEFAULT false)
+RETURNS vector[]
 LANGUAGE plpgsql AS $$
 DECLARE
     s record := gpt2.scratch_seqs(ARRAY[cardinality(ids)]);
     xs vector[];
 BEGIN
     PERFORM gpt2.kv_drop(s.seqs[1:1]);
-    xs := gpt2.run_layers(s.seqs, s.positions, gpt2.embed_at(ids, s.positions), 0, true);
+    xs := gpt2.run_layers(s.seqs, s.positions, gpt2.embed_at(ids, s.positions), 0, record, edited);
     PERFORM gpt2.kv_drop(s.seqs[1:1]);
     RETURN xs;
 END

@@ -166,21 +166,6 @@ BEGIN
 END
 $$;
 
--- Run ids (positions 0..) through the model on a sequence of its own: recorded into tape if
--- `record`, with the edits of run_edit if `edited`; returns the final hidden states ln_f(x).
-CREATE OR REPLACE FUNCTION gpt2.intervene_run(ids int[], record boolean, edited boolean) RETURNS vector[]
-LANGUAGE plpgsql AS $$
-DECLARE
-    s record := gpt2.scratch_seqs(ARRAY[cardinality(ids)]);
-    xs vector[];
-BEGIN
-    PERFORM gpt2.kv_drop(s.seqs[1:1]);
-    xs := gpt2.run_layers(s.seqs, s.positions, gpt2.embed_at(ids, s.positions), 0, record, edited);
-    PERFORM gpt2.kv_drop(s.seqs[1:1]);
-    RETURN xs;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION gpt2.intervene(prompt text, ablate jsonb, model text DEFAULT NULL) RETURNS float8[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -192,7 +177,7 @@ DECLARE
 BEGIN
     PERFORM gpt2.run_edit_reset();
     IF EXISTS (SELECT FROM gpt2.ablations(ablate, m, n) AS a WHERE a.mean) THEN   -- (checks the entries first)
-        PERFORM gpt2.intervene_run(ids, true, false);          -- the unablated run, recorded: the means
+        PERFORM gpt2.trace(ids);          -- the unablated run, recorded: the means
     END IF;
     INSERT INTO run_edit (layer, site, i, head, v)
     SELECT DISTINCT ON (a.layer, a.site, a.pos, a.head) a.layer, a.site, a.pos + 1, a.head,
@@ -201,7 +186,7 @@ BEGIN
                 ELSE (SELECT avg(x) FROM unnest(gpt2.tape_at(a.layer, a.site)) AS x) END
     FROM gpt2.ablations(ablate, m, n) AS a
     ORDER BY a.layer, a.site, a.pos, a.head, a.entry DESC;    -- given twice: the last entry
-    xs := gpt2.intervene_run(ids, false, EXISTS (SELECT FROM run_edit));
+    xs := gpt2.trace(ids, false, EXISTS (SELECT FROM run_edit));
     TRUNCATE run_edit;
     RETURN gpt2.head_products_1(xs[n]);                        -- [n_vocab], as gpt2.head computes a row
 END
@@ -225,7 +210,7 @@ DECLARE
     a int := gpt2.one_token(answer, 'answer');
     w int := gpt2.one_token(wrong, 'wrong');
 BEGIN
-    RETURN gpt2.logit_gap((gpt2.intervene_run(ids, false, false))[cardinality(ids)], a, w);
+    RETURN gpt2.logit_gap((gpt2.trace(ids, false))[cardinality(ids)], a, w);
 END
 $$;
 
@@ -357,7 +342,7 @@ END
 $$;
 
 DO $do$ DECLARE f text; BEGIN
-    FOREACH f IN ARRAY ARRAY['gpt2.logit_gap(vector, int, int)', 'gpt2.intervene_run(int[], boolean, boolean)'] LOOP
+    FOREACH f IN ARRAY ARRAY['gpt2.logit_gap(vector, int, int)', 'gpt2.trace(int[], boolean, boolean)'] LOOP
         -- subtle: arrays of thousands of floats as arguments; a custom plan would inline them
         EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);
     END LOOP;
