@@ -28,7 +28,7 @@ def _ensure_model(ctx: click.Context, model: str | None) -> None:
 
 class Progress:
     """Progress bars on stderr fed by the server's 'gpt2sql progress: <what> <done>/<total>'
-    notices (sql/80_forward.sql gpt2.progress), which arrive while a statement runs.
+    notices (sql/01_schema.sql gpt2.progress), which arrive while a statement runs.
 
     with progress.bar("prompt", n_layer): ...   shows one bar for a statement (one tick per layer);
     a decode step that slides the context window announces itself ('slide') and gets a bar too."""

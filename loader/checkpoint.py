@@ -92,7 +92,7 @@ def _whole(cfg: dict, key: str, path: Path, default=None) -> int:
 
 
 # transformers' names for GPT-2's tanh GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the
-# same function written differently (sql/60_mlp.sql gpt2.gelu). The exact (erf) "gelu", "quick_gelu",
+# same function written differently (sql/40_gelu.sql gpt2.gelu). The exact (erf) "gelu", "quick_gelu",
 # "relu" and the rest compute something else.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate")
 
