@@ -2,6 +2,7 @@
 
     python bench/train_from_scratch.py                       # the run behind docs/train_loss.png
     python bench/train_from_scratch.py --steps 20 --eval-every 10    # a short one
+    python bench/train_from_scratch.py --resume                # goes on after an interruption
 
 A model with GPT-2's own initialization (gpt2sql init: every token about equally likely, loss
 ~ln 50257 = 10.8) trains on chapters 1-60 (bench/data/pride_and_prejudice.txt) through
@@ -15,6 +16,7 @@ the figures. Uses the same server as the CLI (--dsn, GPT2SQL_DSN, or the embedde
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -54,7 +56,9 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default="docs/train_loss.png")
+    p.add_argument("--resume", action="store_true", help="go on with the run of --name (every step is committed)")
     args = p.parse_args()
+    history = Path(args.output).with_suffix(".held-out.json")     # the held-out losses so far, for --resume
 
     from gpt2sql import db, plots
     from gpt2sql.loader.init import init_model
@@ -68,34 +72,42 @@ def main() -> None:
     print(f"training text: {n} tokens ({len(counts)} distinct), held out: {len(held_ids)} tokens; "
           f"unigram entropy of the training text: {unigram:.3f} nats", flush=True)
 
-    init_model(conn, f"{args.name}-init", args.layers, args.heads, args.width, args.context, args.seed)
-    conn.execute("CREATE TEMPORARY TABLE book (body text)")
-    conn.execute("INSERT INTO book VALUES (%s)", (train,))
-    conn.execute("""SELECT * FROM gpt2.train_start(%s, 'SELECT body FROM pg_temp.book', %s, steps => %s, batch_size => %s,
-                                                   block_size => %s, lr => %s, warmup => %s, seed => %s, replace => true)""",
-                 (f"{args.name}-init", args.name, args.steps, args.batch_size, args.block_size, args.lr, args.warmup,
-                  args.seed))
+    if args.resume:
+        held_out = [tuple(point) for point in json.loads(history.read_text())]
+    else:
+        init_model(conn, f"{args.name}-init", args.layers, args.heads, args.width, args.context, args.seed)
+        conn.execute("CREATE TEMPORARY TABLE book (body text)")
+        conn.execute("INSERT INTO book VALUES (%s)", (train,))
+        conn.execute("""SELECT * FROM gpt2.train_start(%s, 'SELECT body FROM pg_temp.book', %s, steps => %s,
+                        batch_size => %s, block_size => %s, lr => %s, warmup => %s, seed => %s, replace => true)""",
+                     (f"{args.name}-init", args.name, args.steps, args.batch_size, args.block_size, args.lr,
+                      args.warmup, args.seed))
+        held_out = [(0, held_out_loss(conn, args.name, held_ids, args.context))]
+        history.write_text(json.dumps(held_out))
+        print(f"step 0: held-out loss {held_out[-1][1]:.3f} (ln 50257 = {math.log(50257):.3f})", flush=True)
     started = time.monotonic()
-    held_out = [(0, held_out_loss(conn, args.name, held_ids, args.context))]
-    print(f"step 0: held-out loss {held_out[-1][1]:.3f} (ln 50257 = {math.log(50257):.3f})", flush=True)
-    train_seconds = 0.0
+    train_seconds, steps_here = 0.0, 0
     while True:
         t = time.monotonic()
         row = conn.execute("SELECT step, loss, lr FROM gpt2.train_next(%s)", (args.name,)).fetchone()
         if row is None:
             break
         train_seconds += time.monotonic() - t
+        steps_here += 1
         step, loss, lr = row
         if step % args.eval_every == 0 or step == args.steps:
             held_out.append((step, held_out_loss(conn, args.name, held_ids, args.context)))
+            history.write_text(json.dumps(held_out))
             print(f"step {step}: training loss {loss:.3f}, held-out loss {held_out[-1][1]:.3f}, lr {lr:.2e}, "
-                  f"{train_seconds / step:.1f} s a step", flush=True)
+                  f"{train_seconds / steps_here:.1f} s a step", flush=True)
     log = conn.execute("SELECT step, loss, lr FROM gpt2.train_log WHERE model = %s ORDER BY step", (args.name,)).fetchall()
     plots.loss_curve(args.output, log, f"{args.name} ({args.layers} layers, width {args.width}; random init)",
                      held_out=held_out, baselines={f"unigram entropy of the text ({unigram:.2f})": unigram,
                                                   f"ln 50257 ({math.log(50257):.2f})": math.log(50257)})
     total = time.monotonic() - started
-    print(f"{args.steps} steps in {train_seconds / 60:.1f} min of training ({total / 60:.1f} min with the evaluations); "
+    seconds = conn.execute("SELECT sum(seconds) FROM gpt2.train_log WHERE model = %s", (args.name,)).fetchone()[0]
+    print(f"{args.steps} steps in {seconds / 60:.1f} min of training steps ({total / 60:.1f} min here with the "
+          f"evaluations); "
           f"held-out loss {held_out[0][1]:.3f} -> {held_out[-1][1]:.3f}, unigram entropy {unigram:.3f}: "
           f"{'below' if held_out[-1][1] < unigram else 'NOT below'} it; wrote {args.output}")
     sys.exit(0 if held_out[-1][1] < unigram else 1)

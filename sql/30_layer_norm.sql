@@ -15,6 +15,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT array_fill(v::real, ARRAY[n])::vector
 $$;
 
+-- v with its entries below 2^-65 (2.7e-20) in magnitude made 0; entries below 2^-16 are
+-- rounded to multiples of 2^-64 on the way, larger ones are left as they are.
+--   gpt2.flush('[1e-25, 3, -1e-21, 1e-3]') = [0, 3, 0, 0.001]
+-- subtle: pgvector RAISES on an element-wise product that underflows to 0 ("value out of
+--   range: underflow"), as PostgreSQL's float4 does; a 0 operand never does. Numbers that
+--   small mean nothing next to what they are added to, so the backward pass and AdamW flush
+--   a factor that can be that small before they multiply (a training run met it at step 106,
+--   in attention's backward pass). (v + t) - t with t = 2^-40: the sum rounds to t's spacing.
+CREATE OR REPLACE FUNCTION gpt2.flush(v vector) RETURNS vector
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT (v + gpt2.fill(2 ^ -40, vector_dims(v))) - gpt2.fill(2 ^ -40, vector_dims(v))
+$$;
+
 -- The model's layer norm `tensor` ('ln_1', 'ln_2' or 'ln_f') of `layer`, at every position
 -- (one statement for all of them). The two-pass variance of NumPy: the mean first, then the
 -- centered squares.

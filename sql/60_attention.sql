@@ -218,8 +218,9 @@ BEGIN
     ), tail AS (                                                   -- [n_group, n_head, %G] the positions in kv_v:
         SELECT q.s, q.g, q.h, {{t.o@ AS o@, t.z@ AS z@, t.m@ AS m@}}    -- sum exp(..) * v, sum exp(..), max
         FROM q, LATERAL (
-            SELECT {{sum(k.v * gpt2.fill(exp(greatest(least(k.s@ - q.s@, 70), -80)), dh)) FILTER (WHERE k.pos <= q.p@) AS o@,
-                     sum(exp(greatest(least(k.s@ - q.s@, 70), -80))) FILTER (WHERE k.pos <= q.p@) AS z@,
+            SELECT {{sum(k.v * gpt2.fill(CASE WHEN k.s@ - q.s@ < -40 THEN 0 ELSE exp(least(k.s@ - q.s@, 70)) END, dh))
+                         FILTER (WHERE k.pos <= q.p@) AS o@,
+                     sum(CASE WHEN k.s@ - q.s@ < -40 THEN 0 ELSE exp(least(k.s@ - q.s@, 70)) END) FILTER (WHERE k.pos <= q.p@) AS z@,
                      max(k.s@) FILTER (WHERE k.pos <= q.p@) AS m@}}
             FROM (SELECT k.pos, v.v, {{-(k.k <#> q.q@) * scale AS s@}}
                   FROM kv_k k JOIN kv_v v ON (v.seq, v.layer, v.head, v.pos) = (k.seq, k.layer, k.head, k.pos)
@@ -432,13 +433,13 @@ BEGIN
         GROUP BY i
     ), e AS (                                                      -- exp(s - max), softmax's denominator
         SELECT sc.i, sc.dp, x.e, -(x.e <#> gpt2.fill(1, sc.i)) AS sum_e
-        FROM sc, LATERAL (SELECT ARRAY(SELECT exp(greatest(y - (SELECT max(w) FROM unnest(sc.s) AS w), -80))
-                                       FROM unnest(sc.s) AS y)::vector AS e) AS x
+        FROM sc, LATERAL (SELECT ARRAY(SELECT CASE WHEN y - mx.m < -40 THEN 0 ELSE exp(y - mx.m) END
+                                       FROM unnest(sc.s) AS y, (SELECT max(w) AS m FROM unnest(sc.s) AS w) AS mx)::vector AS e) AS x
     ), pr AS (
         SELECT e.i, e.dp::vector AS dp, e.e * gpt2.fill(1 / e.sum_e, e.i) AS p FROM e
     )
     SELECT array_agg(pr.p ORDER BY pr.i),
-           array_agg(pr.p * (pr.dp - gpt2.fill(-(pr.p <#> pr.dp), pr.i)) ORDER BY pr.i)
+           array_agg(pr.p * gpt2.flush(pr.dp - gpt2.fill(-(pr.p <#> pr.dp), pr.i)) ORDER BY pr.i)
     INTO p, ds FROM pr;
     pm := ARRAY(SELECT p[i]::real[] || array_fill(0::real, ARRAY[n - i]) FROM generate_series(1, n) AS i);
     dsm := ARRAY(SELECT ds[i]::real[] || array_fill(0::real, ARRAY[n - i]) FROM generate_series(1, n) AS i);

@@ -129,8 +129,10 @@ BEGIN
             IF v > mx THEN mx := v; END IF;
         END LOOP;
         -- one pass over the row for exp; sums and scaling are pgvector's, on its chunks
-        -- subtle: below e^-87 a float32 is 0 next to the maximum's 1, and the cast would RAISE
-        dl := ARRAY(SELECT exp(greatest(l - mx, -87)) FROM unnest(lrow) AS l);
+        -- subtle: below e^-40 a float32 is 0 next to the maximum's 1; made 0, not e^-87 (the
+        --   smallest that casts): scaled by scale / z, that could underflow, and pgvector RAISES
+        --   on a product that underflows to 0 (header of stage 3)
+        dl := ARRAY(SELECT CASE WHEN l - mx < -40 THEN 0 ELSE exp(l - mx) END FROM unnest(lrow) AS l);
         z := 0;
         FOR c IN 0 .. (m.n_vocab - 1) / width LOOP
             chunks[c * unit + i] := dl[c * width + 1 : least((c + 1) * width, m.n_vocab)]::vector;

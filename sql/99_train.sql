@@ -399,11 +399,16 @@ DECLARE
     b1 vector := gpt2.fill(beta1, d);
     c1 vector := gpt2.fill(1 - beta1, d);
     b2 vector := gpt2.fill(beta2, d);
-    c2 vector := gpt2.fill(1 - beta2, d);
+    r2 vector := gpt2.fill(sqrt(1 - beta2), d);                    -- v gets (g r2)^2 = g^2 (1 - beta2)
 BEGIN
+    -- subtle: products that could underflow take flushed factors (gpt2.flush, stage 3): the
+    --   gradient before and after clipping's scale (then (g r2)^2 >= 2.9e-39 r2^2); the moments
+    --   decay by beta > 0.5 without reaching 0 (their smallest float32 times beta rounds to itself)
     INSERT INTO adam AS o (name, i, m, v)
-    SELECT p.name, u.i, u.m * b1 + u.g * c1, u.v * b2 + u.g * u.g * c2
-    FROM (SELECT k AS i, coalesce(g.g * scale, zeros) AS g, coalesce(a.m, zeros) AS m, coalesce(a.v, zeros) AS v
+    SELECT p.name, u.i, u.m * b1 + u.g * c1, u.v * b2 + (u.g * r2) * (u.g * r2)
+    FROM (SELECT k AS i, coalesce(gpt2.flush(gpt2.flush(g.g) * scale), zeros) AS g,
+                 coalesce(CASE WHEN beta1 <= 0.5 THEN gpt2.flush(a.m) ELSE a.m END, zeros) AS m,
+                 coalesce(CASE WHEN beta2 <= 0.5 THEN gpt2.flush(a.v) ELSE a.v END, zeros) AS v
           FROM generate_series(0, p.n_rows - 1) AS k
           LEFT JOIN grads g ON g.name = p.name AND g.i = k
           LEFT JOIN adam a ON a.name = p.name AND a.i = k
@@ -421,7 +426,7 @@ DECLARE
     decay_v vector := gpt2.fill(decay, width);
     step_v vector := gpt2.fill(step_size, width);
 BEGIN
-    SELECT array_agg(w.i), array_agg(w.w * decay_v - a.m * r.r * step_v) INTO rows_i, rows_w
+    SELECT array_agg(w.i), array_agg(w.w * decay_v - gpt2.flush(gpt2.flush(a.m) * r.r) * step_v) INTO rows_i, rows_w
     FROM gpt2.param_rows(kind, tensor, layer, lo, hi) AS w
     JOIN adam a ON a.name = adamw_rows.name AND a.i = w.i,
     LATERAL (SELECT ARRAY(SELECT 1 / (sqrt(x) / root_bc2 + eps) FROM unnest(a.v::real[]) AS x)::vector AS r) AS r;

@@ -38,7 +38,7 @@ def load(runner, tmp_path, name, **config):
     return directory
 
 
-@pytest.mark.parametrize("config", ["tiny", "wide"])
+@pytest.mark.parametrize("config", ["tiny", pytest.param("wide", marks=pytest.mark.slow)])
 def test_every_gradient_matches_torch_autograd(conn, runner, tmp_path, config):
     directory = load(runner, tmp_path, f"grad-{config}", **synthetic.CONFIGS[config], seed=11)
     model = torch_model(directory)
