@@ -346,3 +346,28 @@ def test_a_generation_on_the_source_is_undisturbed_by_training_a_copy(dsn, conn,
 
     assert tokens(train) == tokens()
     assert conn.execute("SELECT step FROM gpt2.models WHERE name = 'run-beside'").fetchone()[0] == 2
+
+
+def test_products_that_underflow_do_not_stop_a_step(conn, tiny_model):
+    """pgvector raises on an element-wise product that underflows to 0. A from-scratch run met
+    one at step 106, in attention's backward pass: P * (dP - D), with a weight ~e^-45 of a
+    sharp softmax and a tiny dP. The same here on one head: it computes, and equals the
+    reference's exact softmax backward."""
+    conn.execute("SELECT gpt2.use_model('run-src')")
+    n_embd, n_head = 64, 4
+    dh = n_embd // n_head
+    qkv = np.zeros((3, 3 * n_embd), dtype=np.float32)
+    qkv[:, 0] = 1.0                                                # head 0's queries: e_0 (x 4 = sqrt(dh): the scale)
+    qkv[:, n_embd] = [0.0, 45.0 * 4, 20.0]                          # its keys: scores 0, 45, 20 for every query
+    qkv[:, 2 * n_embd:2 * n_embd + dh] = np.arange(3 * dh).reshape(3, dh) / 10
+    dz = np.zeros((3, n_embd), dtype=np.float32)
+    dz[:, :dh] = 1e-28                                              # a tiny gradient: dP - D ~ 1e-27 (1e-27 did not underflow)
+    lit = lambda a: "{" + ",".join('"[' + ",".join(repr(float(x)) for x in row) + ']"' for row in a) + "}"
+    dq, dk, dv = conn.execute(
+        """SELECT ARRAY(SELECT v::real[] FROM unnest(r.dq) AS v), ARRAY(SELECT v::real[] FROM unnest(r.dk) AS v),
+                  ARRAY(SELECT v::real[] FROM unnest(r.dv) AS v)
+           FROM gpt2.attend_backward(0, %s::vector[], %s::vector[]) AS r""", (lit(qkv), lit(dz))).fetchone()
+    q, k, v = (qkv[:, j * n_embd:j * n_embd + dh].astype(np.float64) for j in range(3))
+    want = reference.attention_backward(dz[:, :dh].astype(np.float64), q, k, v)
+    for name, got, expected in zip(("dq", "dk", "dv"), (dq, dk, dv), want):
+        assert_close(name, np.array(got), expected, max(1e-4 * np.abs(expected).max(), 1e-35))
