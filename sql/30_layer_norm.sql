@@ -15,8 +15,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT array_fill(v::real, ARRAY[n])::vector
 $$;
 
--- v with its entries below 2^-65 (2.7e-20) in magnitude made 0; entries below 2^-16 are
--- rounded to multiples of 2^-64 on the way, larger ones are left as they are.
+-- v with its entries below 2^-65 (2.7e-20) in magnitude made 0; entries up to 2^-16 may
+-- move by one float32 rounding on the way (2^-24 of themselves), larger ones do not move.
 --   gpt2.flush('[1e-25, 3, -1e-21, 1e-3]') = [0, 3, 0, 0.001]
 -- subtle: pgvector RAISES on an element-wise product that underflows to 0 ("value out of
 --   range: underflow"), as PostgreSQL's float4 does; a 0 operand never does. Numbers that
