@@ -46,10 +46,13 @@
 --   number float32 can hold: e^70 (2.5e30) times a value, summed over 1,024 positions, stays
 --   below float32's 3.4e38 for values up to 1e4. PostgreSQL RAISES on exp() underflow
 --   (exp(-800)) and on float4 underflow, hence the lower clamp: e^-80 is far below float32's
---   resolution next to the e^0 of the shift's own key.
+--   resolution next to the e^0 of the shift's own key. Where a weight multiplies a vector
+--   element by element (the cached keys' tail, the backward pass), weights below e^-40 are
+--   0 instead: pgvector RAISES on a product that underflows to 0 (gpt2.flush, stage 3).
 --   Worked example: scores [2, 90, 1] for the query at position 2 (own key: 1): the first
 --   pass takes exp(min(s - 1, 70)) = [e^1, e^70, e^0] (e^89 clamped) and max 90; 90 - 1 > 60,
---   so the second pass takes exp(s - 90) = [e^-88, 1, e^-89]: the weights of softmax.
+--   so the second pass takes exp(s - 90) = [e^-88, 1, e^-89] (e^-80 where clamped): the
+--   weights of softmax.
 
 CREATE OR REPLACE FUNCTION gpt2.kv_fold_every() RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT 32 $$;
