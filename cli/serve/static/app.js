@@ -62,7 +62,7 @@ async function render() {
   try {
     const el = document.createElement("div");
     await state.view.render(state, el);
-    if (mine === generation) { main.replaceChildren(el); showError(null); }
+    if (mine === generation) { main.replaceChildren(el); main.dataset.view = state.view.id; showError(null); }
   } catch (e) {
     if (mine === generation) showError(e);
   }

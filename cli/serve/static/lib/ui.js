@@ -25,6 +25,7 @@ export function tokenText(t) {
 export function fmt(x, digits = 4) {
   if (x === null || x === undefined) return "";
   if (typeof x !== "number") return String(x);
+  if (Number.isInteger(x)) return String(x);   // ids, positions, ranks, counts
   return Math.abs(x) >= 1e5 || (Math.abs(x) < 1e-3 && x !== 0) ? x.toExponential(digits - 1) : x.toFixed(digits);
 }
 
