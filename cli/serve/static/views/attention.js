@@ -22,7 +22,7 @@ export default {
     const layers = [...new Set(result.rows.map((r) => r[0]))];
     if (!w.has(chosen.layer + "." + chosen.head)) chosen = { layer: layers[0], head: 0 };
     const at = (m) => (i, j) => (j > i ? null : m[i * n + j]);
-    const small = Math.max(1, Math.min(4, Math.floor(64 / n)));
+    const small = Math.max(1, Math.min(8, Math.floor(96 / n)));
     const grid = h("div", { class: "grid", style: `grid-template-columns: 40px repeat(${nHead}, auto)` });
     grid.append(h("span"), ...[...Array(nHead).keys()].map((hd) => h("span", { class: "axis" }, `head ${hd}`)));
     for (const l of layers) {
@@ -45,6 +45,9 @@ export default {
     const enlarged = heatmap({ rows: n, cols: n, cell: at(m), size: big,
       onPick: (i, j) => { cell = { query: i, key: j }; state.select(i); } });
     const q = state.pos;
+    const g = enlarged.getContext("2d");   // the selected query's row, outlined
+    g.strokeStyle = "#d4a800"; g.lineWidth = 2;
+    g.strokeRect(1, q * big + 1, n * big - 2, big - 2);
     const rowTable = h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "key"), h("th", {}, "token"), h("th", { class: "num" }, "weight"), h("th", {}, ""))),
       h("tbody", {}, [...Array(q + 1).keys()].map((k) => h("tr", {},
         h("td", { class: "num" }, k), h("td", { class: "mono" }, tokenText(state.tokens[k][2])),

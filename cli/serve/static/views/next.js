@@ -3,6 +3,7 @@
 import { h, section, table, tokenText, fmt, input } from "../lib/ui.js";
 import { sqlBox } from "../lib/api.js";
 
+const ROWS = 20;   // of the 50,257: the server sends only these
 const knobs = { temperature: 1, top_k: 0, top_p: 1, seed: 1, max_tokens: 30 };
 
 export default {
@@ -15,11 +16,12 @@ export default {
     const out = h("div");
     el.append(controls, out);
     const draw = async () => {
-      const result = await state.get("next-token", { prompt: state.prompt, temperature: knobs.temperature, top_k: knobs.top_k, top_p: knobs.top_p });
-      out.replaceChildren(section("After the whole prompt", "The 50 most likely tokens after sampling's filters, renormalized over the kept ones.",
+      const result = await state.get("next-token", { prompt: state.prompt, temperature: knobs.temperature, top_k: knobs.top_k, top_p: knobs.top_p, rows: ROWS });
+      const most = result.rows.length ? result.rows[0][4] : 1;
+      out.replaceChildren(section("After the whole prompt", `The ${ROWS} most likely tokens after sampling's filters, renormalized over the kept ones (bars: relative to the first).`,
         table(result, [{ key: "rank", num: true }, { key: "token", label: "id", num: true }, { key: "text", mono: true, format: tokenText },
           { key: "logit", num: true }, { key: "prob", num: true },
-          { key: "bar", label: "", value: (row, i) => row[i.prob], format: (p) => h("div", { class: "bar-cell" }, h("span", { style: `width:${Math.round(160 * p)}px` })) }]),
+          { key: "bar", label: "", value: (row, i) => row[i.prob], format: (p) => h("div", { class: "bar-cell" }, h("span", { style: `width:${Math.round(160 * p / most)}px` })) }]),
         result));
     };
     for (const el2 of controls.querySelectorAll("input")) {
