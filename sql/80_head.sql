@@ -208,3 +208,41 @@ BEGIN
 END
 $$;
 ALTER FUNCTION gpt2.lm_backward(vector[], int[], float8) SET plan_cache_mode = force_generic_plan;
+
+-- A batch's logits on both cores: gpt2.head over units of gpt2.unit_of(n) rows (two halves of
+-- a small batch), each a pass over wte in a parallel worker; [n, n_vocab] as gpt2.head.
+CREATE OR REPLACE FUNCTION gpt2.head_rows_units(xs vector[], u0 int, count int)
+RETURNS TABLE (g int, logits float8[])
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    unit int := gpt2.unit_of(cardinality(xs));
+BEGIN
+    RETURN QUERY
+    SELECT u0 + u.g, gpt2.head(xs[(u0 + u.g) * unit + 1 : (u0 + u.g + 1) * unit])
+    FROM gpt2.units u
+    WHERE u.g < count;
+END
+$$;
+
+SELECT gpt2.run_in_units('gpt2.head_rows_units(vector[], int, int)');
+
+CREATE OR REPLACE FUNCTION gpt2.head_batch(xs vector[]) RETURNS float8[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    n_units int := (cardinality(xs) - 1) / gpt2.unit_of(cardinality(xs)) + 1;
+    round int := gpt2.parallel_round();
+    logits float8[] := '{}';
+    p record;
+BEGIN
+    IF cardinality(xs) < gpt2.parallel_split_min() THEN
+        RETURN gpt2.head(xs);
+    END IF;
+    FOR u0 IN 0 .. n_units - 1 BY round LOOP
+        FOR p IN SELECT h.logits FROM gpt2.head_rows_units(xs, u0, least(round, n_units - u0)) AS h ORDER BY h.g LOOP
+            logits := logits || p.logits;                          -- (rows of the 2-D array)
+        END LOOP;
+    END LOOP;
+    RETURN logits;
+END
+$$;
+ALTER FUNCTION gpt2.head_batch(vector[]) SET plan_cache_mode = force_generic_plan;
