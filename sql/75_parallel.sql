@@ -42,24 +42,15 @@ CREATE OR REPLACE FUNCTION gpt2.parallel_unit() RETURNS int LANGUAGE sql IMMUTAB
 CREATE OR REPLACE FUNCTION gpt2.parallel_min() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT 32 $$;
 -- The most units one parallel query hands out (the rows of gpt2.units).
 CREATE OR REPLACE FUNCTION gpt2.parallel_round() RETURNS int LANGUAGE sql STABLE AS $$ SELECT count(*)::int FROM gpt2.units $$;
--- From this many positions on (a batch's decode step: one per sequence), a job under
--- parallel_min is split in two units, one per core: each weight row is then read twice, but
--- its products (where the time goes) are shared out.
-CREATE OR REPLACE FUNCTION gpt2.parallel_split_min() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT 4 $$;
--- The positions of a unit for a job of n: parallel_unit, or half of a smaller job.
-CREATE OR REPLACE FUNCTION gpt2.unit_of(n int) RETURNS int LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT least(gpt2.parallel_unit(), (n + 1) / 2)
-$$;
 
--- block_step over units u0 .. u0 + count - 1 (positions unit*g + 1 .. unit*(g + 1), unit =
--- gpt2.unit_of(the positions)).
+-- block_step over units u0 .. u0 + count - 1 (positions unit*g + 1 .. unit*(g + 1)).
 CREATE OR REPLACE FUNCTION gpt2.step_units(layer int, xs vector[], heads vector[], record boolean,
                                            attn_edit vector[], mlp_edit vector[], resid_edit vector[],
                                            u0 int, count int)
 RETURNS TABLE (g int, r gpt2.step_out)
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    unit int := gpt2.unit_of(cardinality(xs));
+    unit int := gpt2.parallel_unit();
 BEGIN
     RETURN QUERY
     SELECT u0 + u.g, gpt2.block_step(layer, xs[lo:hi], heads[lo:hi], record, attn_edit[lo:hi], mlp_edit[lo:hi],
@@ -103,19 +94,18 @@ $$;
 SELECT gpt2.run_in_units('gpt2.step_units(int, vector[], vector[], boolean, vector[], vector[], vector[], int, int)');
 SELECT gpt2.run_in_units('gpt2.head_units(vector[], int[], int, int)');
 
--- block_step for every position of xs: in this process for a few, else in parallel units
--- (two halves of a job under parallel_min).
+-- block_step for every position of xs: in this process for a few, else in parallel units.
 CREATE OR REPLACE FUNCTION gpt2.steps(layer int, xs vector[], heads vector[], record boolean DEFAULT false,
                                       attn_edit vector[] DEFAULT NULL, mlp_edit vector[] DEFAULT NULL,
                                       resid_edit vector[] DEFAULT NULL)
 RETURNS gpt2.step_out
 LANGUAGE plpgsql AS $$
 DECLARE
-    n_units int := (cardinality(xs) - 1) / gpt2.unit_of(cardinality(xs)) + 1;
+    n_units int := (cardinality(xs) - 1) / gpt2.parallel_unit() + 1;
     round int := gpt2.parallel_round();
     r gpt2.step_out := ROW('{}', '{}', '{}', '{}', '{}', '{}', '{}');
 BEGIN
-    IF cardinality(xs) < gpt2.parallel_split_min() THEN
+    IF cardinality(xs) < gpt2.parallel_min() THEN
         RETURN gpt2.block_step(layer, xs, heads, record, attn_edit, mlp_edit, resid_edit);
     END IF;
     FOR u0 IN 0 .. n_units - 1 BY round LOOP                   -- (one round, but for the biggest jobs)

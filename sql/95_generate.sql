@@ -289,7 +289,7 @@ BEGIN
     IF r.seqs IS NULL THEN
         RETURN;
     END IF;
-    logits := gpt2.head_batch(r.xs);                     -- (on both cores for a batch)
+    logits := gpt2.head(r.xs);
     RETURN QUERY
     WITH chosen AS (                                     -- [n_active] the draw, and what it was drawn from
         SELECT g.seq, g.step + 1 AS step, l.logits, coalesce(k.lse, gpt2.logsumexp(l.logits)) AS lse,
