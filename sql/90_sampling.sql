@@ -74,6 +74,32 @@ BEGIN
 END
 $$;
 
+-- Greedy decoding's token and log sum exp in ONE pass over the logits (gpt2.argmax and
+-- gpt2.logsumexp take three): a batch's step pays it for every sequence. The sum is kept
+-- relative to the running maximum and rescaled when that grows (rarely, past the first few).
+CREATE TYPE gpt2.greedy_pick AS (id int, lse float8);
+CREATE OR REPLACE FUNCTION gpt2.greedy_lse(logits float8[]) RETURNS gpt2.greedy_pick
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    m float8 := '-Infinity';
+    s float8 := 0;
+    best int;
+    i int := 0;
+    l float8;
+BEGIN
+    FOREACH l IN ARRAY logits LOOP                   -- any shape: a row logits[i:i] too
+        IF l > m OR best IS NULL THEN                -- the lowest id on a tie, as gpt2.argmax
+            s := s * exp(greatest(m - l, -700)) + 1; -- (exp() raises an error on underflow)
+            m := l; best := i;
+        ELSE
+            s := s + exp(greatest(l - m, -700));
+        END IF;
+        i := i + 1;
+    END LOOP;
+    RETURN ROW(best, m + ln(s));
+END
+$$;
+
 -- The n most likely tokens with their log-probabilities (OpenAI's top_logprobs), as JSON:
 -- [{"id": 15496, "text": "Hello", "logprob": -0.31}, ...]; lse = gpt2.logsumexp(logits).
 CREATE OR REPLACE FUNCTION gpt2.top_logprobs(logits float8[], n int, lse float8) RETURNS jsonb

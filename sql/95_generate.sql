@@ -292,11 +292,13 @@ BEGIN
     logits := gpt2.head(r.xs);
     RETURN QUERY
     WITH chosen AS (                                     -- [n_active] the draw, and what it was drawn from
-        SELECT g.seq, g.step + 1 AS step, l.logits, gpt2.logsumexp(l.logits) AS lse,
-               gpt2.choose(l.logits, g.temperature, g.top_k, g.top_p, gpt2.uniform(g.seed, g.step)) AS id
+        SELECT g.seq, g.step + 1 AS step, l.logits, coalesce(k.lse, gpt2.logsumexp(l.logits)) AS lse,
+               coalesce(k.id, gpt2.choose(l.logits, g.temperature, g.top_k, g.top_p, gpt2.uniform(g.seed, g.step))) AS id
         FROM unnest(r.seqs) WITH ORDINALITY AS u(s, i)
-        JOIN gen_seq g ON g.seq = u.s,
-        LATERAL (SELECT logits[u.i:u.i] AS logits) AS l
+        JOIN gen_seq g ON g.seq = u.s
+        CROSS JOIN LATERAL (SELECT logits[u.i:u.i] AS logits OFFSET 0) AS l   -- (sliced once, not per use)
+        LEFT JOIN LATERAL (SELECT p.id, p.lse FROM gpt2.greedy_lse(l.logits) AS p  -- greedy: one pass
+                           WHERE g.temperature = 0) AS k ON true
     ), advanced AS (
         UPDATE gen_seq g SET ids = g.ids || c.id, pending = c.id, step = c.step,
                generated = g.generated || coalesce(v.bytes, ''::bytea),

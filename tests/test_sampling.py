@@ -109,6 +109,28 @@ def test_argmax_and_logsumexp_on_crafted_logits(last):
     assert got[0] == 17 and abs(got[1] - (flat.max() + math.log(np.exp(flat - flat.max()).sum()))) < 1e-9
 
 
+
+def test_greedy_lse_is_argmax_and_logsumexp_in_one_pass(last):
+    """gpt2.greedy_lse, a batch step's one pass per sequence: the token of gpt2.argmax (ties
+    to the lowest id, the maximum first, last or in the middle) and the logsumexp of
+    gpt2.logsumexp, also where the running maximum grows by more than exp() can hold, and on
+    a row logits[i:i]."""
+    conn = last[0]
+    rng = np.random.default_rng(6)
+    flat = rng.normal(0, 3, 1000)
+    flat[[17, 400, 999]] = flat.max() + 1                                    # a tie, lowest id 17
+    rising = np.arange(1000, dtype=float) * 3.0                              # the maximum grows at every step
+    spread = np.concatenate([[-2000.0], rng.normal(0, 3, 500), [900.0, 899.5]])
+    for logits in (flat, rising, spread, flat[::-1].copy()):
+        got_id, got_lse = conn.execute("SELECT p.id, p.lse FROM gpt2.greedy_lse(%s) AS p", (logits.tolist(),)).fetchone()
+        m = logits.max()
+        assert got_id == int(np.argmax(logits))
+        assert abs(got_lse - (m + math.log(np.exp(logits - m).sum()))) < 1e-9 * max(1.0, abs(m))
+    rows = np.stack([rising, flat])
+    got = conn.execute("SELECT p.id FROM (SELECT %s::float8[] AS a) AS t, gpt2.greedy_lse(t.a[2:2]) AS p",
+                       (rows.tolist(),)).fetchone()
+    assert got[0] == 17
+
 def chi2_sf(x: float, dof: int) -> float:
     """P(X >= x) for X ~ chi-square(dof), integer dof: the regularized upper gamma Q(dof/2, x/2)."""
     h = x / 2
