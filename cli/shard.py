@@ -15,7 +15,7 @@ from gpt2sql.errors import Gpt2SqlError
 
 SERVER_PREFIX = "gpt2_shard_"
 # libpq settings that belong in the user mapping, not in the foreign server
-MAPPING_KEYS = ("user", "password")
+MAPPING_KEYS = ("user", "password", "sslpassword")
 # libpq settings postgres_fdw refuses on a server (it sets them itself, or they are client-side)
 SKIPPED_KEYS = ("client_encoding", "fallback_application_name", "replication")
 
@@ -93,8 +93,3 @@ def setup(coordinator, shard_dsns: list[str]) -> None:
             coordinator.execute(mapping_sql)
             coordinator.execute("SELECT gpt2_coord.attach_shard(%s, %s, %s)", (remainder, n, server))
 
-
-def shard_dsns(coordinator) -> list[str]:
-    """The shards' servers, as the coordinator names them (for messages)."""
-    rows = coordinator.execute("SELECT s.server FROM gpt2_coord.shards s ORDER BY s.remainder").fetchall()
-    return [r[0] for r in rows]

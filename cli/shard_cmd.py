@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from gpt2sql.main import connection
-
 SHARD_OPTION = click.option("--shard", "shards", multiple=True, required=True, metavar="DSN",
                             help="A shard server's connection string (repeatable; the order is the partitions' order).")
 
@@ -30,8 +28,9 @@ def setup_cmd(ctx: click.Context, shards: tuple[str, ...]) -> None:
 
     for dsn in shards:
         db.check_dsn(dsn)
-    ctx.find_root().obj.setdefault("conn", ctx.with_resource(db.connect(ctx.find_root().obj["dsn"], prepare=False)))
-    shard.setup(connection(ctx), list(shards))
+    # the coordinator needs postgres_fdw, not the gpt2 schema: connect without preparing it
+    coordinator = ctx.with_resource(db.connect(ctx.find_root().obj["dsn"], prepare=False))
+    shard.setup(coordinator, list(shards))
     click.echo(f"coordinator set up over {len(shards)} shards", err=True)
 
 
