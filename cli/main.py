@@ -132,10 +132,11 @@ def check_utf8(command: click.Command) -> None:
 
 
 def _register() -> None:
-    from gpt2sql import db_cmd, generate_cmd, inspect_cmd, intervene_cmd, model_cmd, psql_cmd, serve_cmd, tokenize_cmd, train_cmd
+    from gpt2sql import (db_cmd, generate_cmd, inspect_cmd, intervene_cmd, model_cmd, psql_cmd, serve_cmd, shard_cmd,
+                         tokenize_cmd, train_cmd)
 
     for module in (db_cmd, tokenize_cmd, model_cmd, generate_cmd, inspect_cmd, intervene_cmd, train_cmd, psql_cmd,
-                   serve_cmd):
+                   serve_cmd, shard_cmd):
         for command in module.COMMANDS:
             check_utf8(command)
             cli.add_command(command)
