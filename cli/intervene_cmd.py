@@ -260,17 +260,19 @@ def attribute_cmd(ctx, prompt, token, wrong, output, model, width):
     prompt = _prompt(prompt, "PROMPT")
     conn = connection(ctx)
     name, n_layer, n_head, n_positions = _model(conn, model)
-    tokens = [_token(conn, token, "--token")] + ([_token(conn, wrong, "--wrong")] if wrong else [])
+    # `is not None`: an empty --wrong is refused as a token of 0 tokens, never read as no --wrong
+    texts = [token] + ([wrong] if wrong is not None else [])
+    tokens = [_token(conn, text, option) for text, option in zip(texts, ("--token", "--wrong"))]
     n = len(conn.execute("SELECT gpt2.tokenize(%s)", (prompt,)).fetchone()[0])
     _fits(n, n_positions, name)
     shares: dict[tuple, float] = {}
     with _progress(conn, len(tokens) * n_layer, f"attributing over {n} tokens", n >= QUIET_BELOW):
-        for sign, text in zip((1, -1), [token] + ([wrong] if wrong else [])):
+        for sign, text in zip((1, -1), texts):
             for layer, component, head, value in conn.execute(
                     "SELECT layer, component, head, contribution FROM gpt2.logit_attribution(%s, %s, %s)", (prompt, text, name)):
                 key = (component, layer, head)
                 shares[key] = shares.get(key, 0.0) + sign * value
-    what = f"logit({tokens[0][1]})" + (f" - logit({tokens[1][1]})" if wrong else "")
+    what = f"logit({tokens[0][1]})" + (f" - logit({tokens[1][1]})" if len(tokens) > 1 else "")
     columns = ["MLP", "bias"] + [f"h{h}" for h in range(n_head)]
     values = [[shares[("mlp", layer, None)], shares[("attn_bias", layer, None)]]
               + [shares[("head", layer, h)] for h in range(n_head)] for layer in range(n_layer)]

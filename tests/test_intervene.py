@@ -141,6 +141,10 @@ BAD = [
     ("patch_sweep", (CLEAN, CORRUPTED, " Mary", " John", "resid_post"), "unknown site 'resid_post': patch_sweep patches"),
     ("patch_sweep", (CLEAN, CORRUPTED, " Mary", " John", None), "unknown site NULL"),
     ("logit_attribution", (CLEAN, " Mary and"), "token must be one token"),
+    ("logit_attribution", (CLEAN, ""), 'token must be one token: "" is 0 tokens'),
+    ("logit_attribution", (CLEAN, None), "token must be one token, not NULL"),
+    ("logit_diff", (CLEAN, " Mary", ""), 'wrong must be one token: "" is 0 tokens'),
+    ("logit_diff", (CLEAN, None, " John"), "answer must be one token, not NULL"),
     ("logit_diff", (CLEAN, "Maryland Johnson", " John"), "answer must be one token"),
 ]
 
@@ -467,6 +471,8 @@ def one_line_error(result, exit_code, fragment):
     (["ablate", CLEAN, "--mlp", "0", "--pos", "14"], 1, "--pos 14: position 14 is out of range: the prompt has 14 positions (0..13)"),
     (["ablate", CLEAN, "--mlp", "0", "--top", "21"], 2, "Invalid value for '--top'"),
     (["attribute", CLEAN, "--token", "Maryland Johnson"], 1, "--token must be one token"),
+    (["attribute", CLEAN, "--token", " Mary", "--wrong", ""], 1, "--wrong must be one token: '' is 0 tokens"),
+    (["attribute", CLEAN, "--token", ""], 1, "--token must be one token: '' is 0 tokens"),
     (["attribute", CLEAN], 2, "Missing option '--token'"),
 ])
 def test_cli_bad_input_is_one_line(runner, tiny, args, exit_code, fragment):
