@@ -115,11 +115,14 @@ def block(x, layer, n_head, eps, kv=None, rec=None):  # [n_seq, n_embd] -> [n_se
     return x + mlp(layer_norm(x, **layer["ln_2"], eps=eps), **layer["mlp"], rec=rec), kv
 
 
+def heads_backward(dz, qkv, n_head):  # one sequence from position 0: d loss / d z [n, n_embd] -> d loss / d qkv [n, 3*n_embd]
+    grads = [attention_backward(*t) for t in zip(*(np.split(a, n_head, axis=-1) for a in (dz, *np.split(qkv, 3, axis=-1))))]
+    return np.hstack([np.hstack([g[i] for g in grads]) for i in range(3)])  # dq, dk, dv, each the heads side by side
+
+
 def mha_backward(dout, x, rec, c_attn, c_proj, n_head):  # x = ln_1(resid_pre) -> dx, {name: grad}
     dz, dw_proj, db_proj = linear_backward(dout, rec["z"], c_proj["w"])
-    grads = [attention_backward(*t) for t in zip(*(np.split(a, n_head, axis=-1)
-                                                   for a in (dz, *np.split(rec["qkv"], 3, axis=-1))))]
-    dqkv = np.hstack([np.hstack([g[i] for g in grads]) for i in range(3)])  # [n, 3*n_embd]: dq, dk, dv
+    dqkv = heads_backward(dz, rec["qkv"], n_head)  # [n, 3*n_embd]
     dx, dw_attn, db_attn = linear_backward(dqkv, x, c_attn["w"])
     return dx, {"attn.c_attn.weight": dw_attn, "attn.c_attn.bias": db_attn,
                 "attn.c_proj.weight": dw_proj, "attn.c_proj.bias": db_proj}
@@ -297,6 +300,66 @@ def score(params, hparams, ids, eos=50256):  # -> (logprobs [n], ranks [n]) of e
 
 # --- Training (sql/99_train.sql) ----------------------------------------------------------
 
+def block_step_backward(dx_out, dy, rec, rec_next, params, layer, n_head, eps):
+    """The backward of gpt2.block_step (sql/70_block.sql): the step after block `layer`'s heads,
+    cut where SQL cuts it. rec, rec_next: record()'s dicts of block `layer` (None for layer -1)
+    and of the next one (the last: the final, whose resid_pre ln_f reads); dx_out: d loss / d
+    x_out through later residuals (None: none); dy: d loss / d y (qkv of block layer + 1, or
+    ln_f's output). -> dx (d loss / d resid_mid, which the residual passes to the block's input),
+    dheads (d loss / d z; None for layer -1), {Hugging Face name: grad}."""
+    x_out, grads = rec_next["resid_pre"], {}
+    if layer + 1 < len(params["h"]):  # y = c_attn(ln_1(x_out)) of block layer + 1
+        p, name = params["h"][layer + 1], f"h.{layer + 1}."
+        dln, grads[name + "attn.c_attn.weight"], grads[name + "attn.c_attn.bias"] = linear_backward(
+            dy, layer_norm(x_out, **p["ln_1"], eps=eps), p["attn"]["c_attn"]["w"])
+        dx, grads[name + "ln_1.weight"], grads[name + "ln_1.bias"] = layer_norm_backward(dln, x_out, p["ln_1"]["g"], eps)
+    else:  # y = ln_f(x_out)
+        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layer_norm_backward(dy, x_out, params["ln_f"]["g"], eps)
+    if dx_out is not None:
+        dx = dx + dx_out  # the residual passes the gradient straight through
+    if layer < 0:
+        return dx, None, grads
+    p, name = params["h"][layer], f"h.{layer}."  # x_out = resid_mid + c_proj(gelu(c_fc(ln_2(resid_mid))))
+    da, grads[name + "mlp.c_proj.weight"], grads[name + "mlp.c_proj.bias"] = linear_backward(
+        dx, rec["mlp_post"], p["mlp"]["c_proj"]["w"])
+    dln, grads[name + "mlp.c_fc.weight"], grads[name + "mlp.c_fc.bias"] = linear_backward(
+        gelu_backward(da, rec["mlp_pre"]), layer_norm(rec["resid_mid"], **p["ln_2"], eps=eps), p["mlp"]["c_fc"]["w"])
+    dmid, grads[name + "ln_2.weight"], grads[name + "ln_2.bias"] = layer_norm_backward(dln, rec["resid_mid"], p["ln_2"]["g"], eps)
+    dx = dx + dmid  # d loss / d resid_mid = resid_pre + c_proj(z)
+    dheads, grads[name + "attn.c_proj.weight"], grads[name + "attn.c_proj.bias"] = linear_backward(
+        dx, rec["z"], p["attn"]["c_proj"]["w"])
+    return dx, dheads, grads
+
+
+def run_backward(params, hparams, rec, ids, dy):  # gpt2.run_backward: one sequence from position 0
+    """rec = record(params, hparams, ids); dy: d loss / d ln_f's output [n, n_embd] -> {name: grad}
+    of every parameter but the LM head's share of wte (lm_backward's)."""
+    eps, n_head = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"]
+    grads = {name: np.zeros_like(a) for name, a in flat(params).items()}
+    dx = None
+    for layer in reversed(range(-1, len(params["h"]))):  # step L: the end of block L, the start of L + 1
+        dx, dheads, g = block_step_backward(dx, dy, rec[layer] if layer >= 0 else None, rec[layer + 1],
+                                            params, layer, n_head, eps)
+        for name, d in g.items():
+            grads[name] += d
+        if layer >= 0:
+            dy = heads_backward(dheads, rec[layer]["qkv"], n_head)  # d loss / d qkv of block `layer`
+    np.add.at(grads["wte.weight"], ids, dx)  # x = wte[ids] + wpe[positions]
+    grads["wpe.weight"][: len(ids)] += dx
+    return grads
+
+
+def lm_backward(x, wte, targets, scale):  # gpt2.lm_backward: x [n, n_embd] (ln_f's output) -> loss, dx, dwte
+    """loss: the sum over rows of -log softmax(x @ wte^T)[target] (not scaled); dx [n, n_embd],
+    dwte [n_vocab, n_embd]: the gradients of scale * loss (the LM head's share of wte's)."""
+    logits = x @ wte.T  # [n, n_vocab]
+    rows = np.arange(len(targets))
+    dlogits = softmax(logits)  # d (-log softmax[target]) / d logits = softmax - onehot(target)
+    dlogits[rows, targets] -= 1
+    dlogits *= scale
+    return -log_softmax(logits)[rows, targets].sum(), dlogits @ wte, dlogits.T @ x
+
+
 def flat(params):  # the nested parameters as {Hugging Face name: array}, Conv1D weights [in, out]
     out = {"wte.weight": params["wte"], "wpe.weight": params["wpe"],
            "ln_f.weight": params["ln_f"]["g"], "ln_f.bias": params["ln_f"]["b"]}
@@ -318,7 +381,6 @@ def loss_and_grads(params, hparams, texts, eos=50256):  # texts: token lists -> 
     """The mean of -log p(token) over every token of every text (token-weighted), and its
     gradient with respect to every parameter (flat(params)'s names and shapes). Each text is
     a sequence of its own from position 0."""
-    eps, n_head = hparams.get("layer_norm_epsilon", 1e-5), hparams["n_head"]
     grads = {name: np.zeros_like(a) for name, a in flat(params).items()}
     n_total, loss = sum(len(ids) for ids in texts), 0.0
     for ids in texts:
@@ -326,21 +388,11 @@ def loss_and_grads(params, hparams, texts, eos=50256):  # texts: token lists -> 
             continue
         inputs, targets = lm_example(ids, eos)
         rec = record(params, hparams, inputs)
-        logits = rec[-1]["logits"]  # [n, n_vocab]
-        loss -= log_softmax(logits)[np.arange(len(ids)), targets].sum()
-        dlogits = softmax(logits)  # d (-log softmax[target]) / d logits = softmax - onehot(target)
-        dlogits[np.arange(len(ids)), targets] -= 1
-        dlogits /= n_total  # the mean over all tokens
-        grads["wte.weight"] += dlogits.T @ rec[-1]["ln_f"]  # the tied LM head ...
-        dx, dg, db = layer_norm_backward(dlogits @ params["wte"], rec[-1]["resid_pre"], params["ln_f"]["g"], eps)
-        grads["ln_f.weight"] += dg
-        grads["ln_f.bias"] += db
-        for i in reversed(range(len(params["h"]))):
-            dx, g = block_backward(dx, rec[i], params["h"][i], n_head, eps)
-            for name, d in g.items():
-                grads[f"h.{i}.{name}"] += d
-        np.add.at(grads["wte.weight"], inputs, dx)  # ... and the token embeddings: wte is used twice
-        grads["wpe.weight"][: len(inputs)] += dx
+        text_loss, dx, dwte = lm_backward(rec[-1]["ln_f"], params["wte"], targets, 1 / n_total)  # the mean over all tokens
+        loss += text_loss
+        grads["wte.weight"] += dwte  # the tied LM head ... (and run_backward adds the embeddings': wte is used twice)
+        for name, d in run_backward(params, hparams, rec, inputs, dx).items():
+            grads[name] += d
     return loss / n_total, grads
 
 
