@@ -697,6 +697,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     m gpt2.models := gpt2.use_model(source, true);
     docs text[];
+    col_type oid;                                                  -- the type of the query's first column
     stream int[];
     msg text;
 BEGIN
@@ -715,12 +716,19 @@ BEGIN
     IF warmup IS NULL OR warmup < 0 THEN RAISE EXCEPTION 'warmup must be >= 0, got %', warmup; END IF;
     warmup := least(warmup, steps - 1);                            -- a short run still reaches lr
     PERFORM gpt2.require_float32(m);
-    BEGIN                                                          -- the documents, by the user's query
-        EXECUTE format('SELECT array_agg(q.t::text) FROM (%s) AS q(t)', query) INTO docs;
+    BEGIN                                                          -- the documents, by the user's query (run once)
+        EXECUTE format('SELECT array_agg(q.t::text), min(pg_typeof(q.t)::oid) FROM (%s) AS q(t)', query) INTO docs, col_type;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
         RAISE EXCEPTION 'the query failed: %', msg;
     END;
+    -- The first column is the text: an integer or a json turned into text is not what was meant.
+    -- A domain over text counts as text.
+    IF col_type IS NOT NULL AND (SELECT coalesce(nullif(t.typbasetype, 0), t.oid) FROM pg_type t WHERE t.oid = col_type)
+                                NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) THEN
+        RAISE EXCEPTION 'the query''s first column is %, not text: cast it in the query (SELECT g::text ..., for a column g)',
+            format_type(col_type, NULL) USING HINT = 'the first column is the text to train on, one document per row';
+    END IF;
     stream := ARRAY(SELECT t FROM unnest(docs) WITH ORDINALITY AS d(doc, k),
                                   LATERAL unnest(gpt2.tokenize(d.doc) || gpt2.eos_id()) WITH ORDINALITY AS u(t, j)
                     WHERE d.doc IS NOT NULL AND d.doc <> '' ORDER BY d.k, u.j);

@@ -280,6 +280,9 @@ def test_the_cli_trains_resumes_and_draws(runner, conn, tiny_model, tmp_path):
     (["train", "run-src", "--file", "/nonexistent/text.txt", "--into", "run-bad"], 1, "cannot read"),
     (["train", "run-src", "--query", "SELECT 'x'", "--into", "run-src-ft2", "--lr", "0"], 2, "--lr"),
     (["train", "run-src", "--into", "nothing-here", "--resume"], 1, "has no training run to resume"),
+    (["train", "run-src", "--query", "SELECT g FROM generate_series(1, 300) g", "--into", "run-int"], 1,
+     "the query's first column is integer, not text: cast it in the query (SELECT g::text ..."),
+    (["train", "run-src", "--query", "SELECT '{\"a\": 1}'::jsonb", "--into", "run-int"], 1, "first column is jsonb, not text"),
     (["export", "no-such-model", "/tmp/x"], 1, "no model named 'no-such-model'"),
 ])
 def test_bad_cli_training_input_gets_one_line(runner, tiny_model, args, code, message):
