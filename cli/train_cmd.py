@@ -143,15 +143,18 @@ def init_cmd(ctx, name, layers, heads, width, context, seed):
 @click.command("export")
 @click.argument("name")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--replace", is_flag=True, help="Overwrite DIRECTORY if it holds a previous export (and nothing else).")
 @click.pass_context
-def export_cmd(ctx, name, directory):
+def export_cmd(ctx, name, directory, replace):
     """Write model NAME to DIRECTORY in the Hugging Face layout.
 
     config.json, model.safetensors, vocab.json and merges.txt: what
-    GPT2LMHeadModel.from_pretrained(DIRECTORY) and gpt2sql load DIRECTORY read."""
+    GPT2LMHeadModel.from_pretrained(DIRECTORY) and gpt2sql load DIRECTORY read.
+    DIRECTORY must be new or empty (--replace: a previous export); the files are
+    written beside it and renamed into place, so a failure leaves it as it was."""
     from gpt2sql.loader.export import export_model
 
-    export_model(connection(ctx), name, directory)
+    export_model(connection(ctx), name, directory, replace=replace)
     click.echo(f"wrote {name} to {directory}", err=True)
 
 

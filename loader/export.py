@@ -97,17 +97,55 @@ def write_tokenizer(conn, directory: Path) -> None:
     (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
 
 
-def export_model(conn, name: str, directory: Path) -> Path:
-    """Write model `name` to directory (created; files of the same names replaced)."""
+EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+
+
+def export_model(conn, name: str, directory: Path, replace: bool = False) -> Path:
+    """Write model `name` to directory, which must be new or empty (or, with replace, a previous export).
+
+    subtle: the files are written into a sibling directory first and renamed into place, so a
+    failure half-way (a full disk, a database error) leaves `directory` as it was, never a mix
+    of two models.
+    """
+    import shutil
+    import tempfile
+
     from safetensors.numpy import save_file
 
-    m, weights = tensors(conn, name)
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise Gpt2SqlError(f"{directory} exists and is not a directory")
+    present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    others = [f for f in present if f not in EXPORT_FILES]
+    if present and not replace:
+        raise Gpt2SqlError(f"{directory} is not empty ({len(present)} entries, e.g. {present[0]}): "
+                           "choose a new directory, or --replace to overwrite a previous export")
+    if others:
+        raise Gpt2SqlError(f"{directory} holds files that are not an export ({others[0]}): --replace overwrites "
+                           "only a directory holding nothing but config.json, model.safetensors, vocab.json, merges.txt")
+    m, weights = tensors(conn, name)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     except OSError as e:
         raise Gpt2SqlError(f"cannot create {directory}: {e.strerror}") from None
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(config(m), indent=2) + "\n")
-    write_tokenizer(conn, directory)
+    try:
+        save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config(m), indent=2) + "\n")
+        write_tokenizer(conn, staging)
+        staging.chmod(0o777 & ~_umask())
+        if directory.is_dir():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return directory
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -374,3 +374,35 @@ def test_products_that_underflow_do_not_stop_a_step(conn, tiny_model):
     want = reference.attention_backward(dz[:, :dh].astype(np.float64), q, k, v)
     for name, got, expected in zip(("dq", "dk", "dv"), (dq, dk, dv), want):
         assert_close(name, np.array(got), expected, max(1e-4 * np.abs(expected).max(), 1e-35))
+
+
+def test_export_refuses_a_directory_that_holds_files_and_a_failure_leaves_it_as_it_was(conn, runner, tiny_model,
+                                                                                      tmp_path, monkeypatch):
+    """Issue 27: export into a directory holding another model used to write beside its files."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another model's weights")
+    (other / "notes.txt").write_text("mine")
+    for args in (["export", "run-src", str(other)], ["export", "run-src", str(other), "--replace"]):
+        result = runner(args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.count("\n") == 1 and "not" in result.output, result.output
+    assert (other / "model.safetensors").read_bytes() == b"another model's weights"
+
+    out = tmp_path / "out"
+    assert runner(["export", "run-src", str(out)]).exit_code == 0
+    first = (out / "model.safetensors").read_bytes()
+    assert "not empty" in runner(["export", "run-src", str(out)]).output
+    # a failure half-way through --replace: the previous export stays whole, no staging left
+    from gpt2sql.loader import export
+
+    def broken(conn, directory):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "write_tokenizer", broken)
+    with pytest.raises(OSError):
+        export.export_model(conn, "run-src", out, replace=True)
+    assert (out / "model.safetensors").read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
+    monkeypatch.undo()
+    assert runner(["export", "run-src", str(out), "--replace"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(export.EXPORT_FILES)
