@@ -18,7 +18,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
               f"docs/serve.md).")
 @click.pass_context
 def serve_cmd(ctx, model, host, port, read_only):
-    """Serve the glass box as a web page: attention, logit lens, scores, what-ifs, each with its SQL.
+    """Show the glass box as a web page, each number with its SQL.
+
+    Attention, logit lens, scores, what-ifs and more (docs/serve.md).
 
     Prints the URL and opens nothing. Every request runs in its own transaction, rolled back.
     """

@@ -10,7 +10,7 @@ SHARD_OPTION = click.option("--shard", "shards", multiple=True, required=True, m
 
 @click.group("shard")
 def shard_group() -> None:
-    """Shard a table of documents across PostgreSQL servers (postgres_fdw).
+    """Shard documents across servers with postgres_fdw.
 
     \b
     gpt2sql --dsn COORDINATOR shard setup --shard DSN1 --shard DSN2
