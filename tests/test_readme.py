@@ -41,7 +41,7 @@ NOT_RUN = [
     (r"^gpt2sql db stop", "tests/test_db.py (it would stop the user's own embedded server)"),
     (r"^gpt2sql load (?![./])", "tests/test_hub.py (the hub is not reachable here)"),
     (r"^gpt2sql (init|train|export) ", "tests/test_train.py (training runs of hundreds of steps)"),
-    (r"^gpt2sql (--dsn \S+ )?shard ", "tests/test_shard.py (a coordinator and two shard servers)"),
+    (r'^gpt2sql (--dsn (\S+|"[^"]*") )?shard ', "tests/test_shard.py (a coordinator and two shard servers)"),
 ]
 
 
